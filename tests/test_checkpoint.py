@@ -1,0 +1,106 @@
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from jmvae.model.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointMeta,
+    load_model,
+    now_iso,
+    read_checkpoint,
+    save_checkpoint,
+)
+from jmvae.model.config import ModelConfig
+from jmvae.model.jmvae import JMVAE
+from jmvae.model.preprocess import Preprocessing
+
+
+def _meta(config: ModelConfig) -> CheckpointMeta:
+    return CheckpointMeta(
+        package_version="test", created_at=now_iso(), model=config,
+        attribute_names=tuple(f"A{i}" for i in range(config.n_attributes)),
+        preprocessing=Preprocessing(image_size=config.image_size), alpha=0.1, training={"epochs": 1},
+        data={"name": "fixture"}, epoch=1, step=10, metrics={"val_elbo": -123.5},
+    )
+
+
+@pytest.fixture
+def saved(tmp_path: Path, tiny_model: JMVAE, tiny_config: ModelConfig) -> Path:
+    path = tmp_path / "ckpt" / "model.safetensors"
+    state = {"optimizer.0.exp_avg": torch.ones(3)}
+    save_checkpoint(path, Checkpoint(_meta(tiny_config), tiny_model.state_dict(), state, {"epoch": 1}))
+    return path
+
+
+def test_round_trip(saved: Path, tiny_model: JMVAE, batch) -> None:
+    model, meta = load_model(saved)
+    assert not model.training
+    assert meta.step == 10 and meta.metrics == {"val_elbo": -123.5} and meta.tensors_sha256
+    assert meta.default_inference_mode == "kl"
+    for name, value in tiny_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    x, w = batch
+    tiny_model.eval()
+    torch.testing.assert_close(model.q_joint(x, w).mean, tiny_model.q_joint(x, w).mean)
+    full = read_checkpoint(saved)
+    assert torch.equal(full.state_tensors["optimizer.0.exp_avg"], torch.ones(3))
+    assert full.state_json == {"epoch": 1}
+    assert list(saved.parent.iterdir()) == [saved]  # no temp file left behind
+
+
+def test_no_pickle_in_the_file(saved: Path) -> None:
+    raw = saved.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])  # plain safetensors: a JSON header, then raw tensor bytes
+    assert json.loads(header["__metadata__"]["jmvae"])["format"] == "jmvae-checkpoint"
+
+
+def test_overwrite_is_atomic_and_keeps_old_file_on_failure(saved: Path, tiny_model: JMVAE, tiny_config) -> None:
+    before = saved.read_bytes()
+    bad = Checkpoint(_meta(tiny_config), {"x": object()})  # type: ignore[dict-item]
+    with pytest.raises(Exception):
+        save_checkpoint(saved, bad)
+    assert saved.read_bytes() == before
+    assert list(saved.parent.iterdir()) == [saved]
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda raw: raw[: len(raw) // 2], "not a readable safetensors file"),
+        (lambda raw: raw[:5], "not a readable safetensors file"),
+        (lambda raw: b"", "not a readable safetensors file"),
+        (lambda raw: b"\x80\x04pickle" + raw, "not a readable safetensors file"),
+        (lambda raw: raw[:-4] + bytes(b ^ 0xFF for b in raw[-4:]), "checksum"),
+    ],
+    ids=["half", "five-bytes", "empty", "garbage-prefix", "flipped-weights"],
+)
+def test_refuses_damaged_files(saved: Path, damage, reason: str) -> None:
+    saved.write_bytes(damage(saved.read_bytes()))
+    with pytest.raises(CheckpointError, match=reason) as e:
+        load_model(saved)
+    assert "\n" not in str(e.value) and str(saved) in str(e.value)
+
+
+def test_refuses_missing_foreign_and_mismatched(tmp_path: Path, saved: Path, tiny_config: ModelConfig) -> None:
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_model(tmp_path / "nope.safetensors")
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="without jmvae metadata"):
+        load_model(foreign)
+    bad_meta = tmp_path / "bad-meta.safetensors"
+    save_file({"w": torch.zeros(2)}, bad_meta, metadata={"jmvae": json.dumps({"format": "jmvae-checkpoint"})})
+    with pytest.raises(CheckpointError, match="invalid metadata"):
+        load_model(bad_meta)
+    # Weights of another architecture under this config's name.
+    other = JMVAE(tiny_config.model_copy(update={"latent_dim": 7}))
+    wrong = tmp_path / "wrong.safetensors"
+    save_checkpoint(wrong, Checkpoint(_meta(tiny_config), other.state_dict()))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_model(wrong)
