@@ -1,0 +1,189 @@
+"""The training command end to end on synthetic data: checkpoints, reproducibility, resume, signals, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jmvae.model.checkpoint import load_model, read_checkpoint
+from jmvae.model.preprocess import normalise
+from jmvae.training.cli import main
+from jmvae.training.config import load_config
+from jmvae.training.synthetic import RENDERED_ATTRIBUTES, synthetic_dataset
+
+TINY = """
+batch_size = 50
+warmup_epochs = 1
+val_k = 3
+val_n_w = 3
+val_max_examples = 100
+log_every = 2
+progress = false
+[model]
+image_size = 32
+latent_dim = 16
+conv_channels = [16, 32, 32]
+dense_units = 128
+attribute_units = 64
+[preprocessing]
+image_size = 32
+[synthetic]
+n_train = 300
+n_val = 100
+n_test = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_toml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _train(out: Path, config: Path, *extra: str) -> int:
+    return main(["train", "--data", "synthetic", "--out", str(out), "--config", str(config), *extra])
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path).model_state
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_toml: Path) -> Path:
+    """Three uninterrupted epochs: what every interrupted-and-resumed run must reproduce exactly."""
+    out = tmp_path_factory.mktemp("reference")
+    assert _train(out, tiny_toml, "--epochs", "3") == 0
+    return out
+
+
+def test_config_file_and_overrides(tmp_path: Path, tiny_toml: Path) -> None:
+    config = load_config(tiny_toml, {"epochs": 7, "model": {"latent_dim": 4}})
+    assert config.epochs == 7 and config.model.latent_dim == 4 and config.model.dense_units == 128
+    as_json = tmp_path / "c.json"
+    as_json.write_text(json.dumps({"alpha": 0.0, "model": {"latent_dim": 9}}))
+    assert load_config(as_json).alpha == 0.0
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = [")
+    with pytest.raises(ValueError, match="bad.toml"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="image_size"):
+        load_config(None, {"model": {"image_size": 32}})  # preprocessing still 64
+    with pytest.raises(ValueError, match="unknown_knob"):
+        load_config(None, {"unknown_knob": 1})
+
+
+def test_run_writes_checkpoints_metrics_and_config(reference_run: Path, capsys) -> None:
+    files = {p.name for p in reference_run.iterdir()}
+    assert {"final.safetensors", "last.safetensors", "metrics.jsonl", "config.json"} <= files
+    records = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["epoch"] for r in val] == [1, 2, 3]
+    assert train[-1]["step"] == 18 and train[0]["beta"] < 1.0 == train[-1]["beta"]
+    assert {"loss", "log_px", "log_pw", "kl_prior", "kl_image", "kl_attributes", "images_per_s"} <= train[0].keys()
+    assert {"val_elbo", "val_log_pxw", "val_log_px_given_w", "val_attr_acc_kl"} <= val[0].keys()
+    model, meta = load_model(reference_run / "final.safetensors")
+    assert meta.epoch == 3 and meta.step == 18 and meta.metrics["val_elbo"] == val[-1]["val_elbo"]
+    assert meta.data["name"] == "synthetic" and meta.data["sizes"]["train"] == 300
+    assert meta.training["epochs"] == 3 and meta.preprocessing.image_size == 32
+    assert len(meta.attribute_names) == 40
+    assert not read_checkpoint(reference_run / "final.safetensors").state_tensors  # final: weights only
+    assert main(["info", str(reference_run / "final.safetensors")]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 18
+
+
+def test_seeded_runs_are_reproducible(tmp_path: Path, tiny_toml: Path) -> None:
+    for name in ("a", "b"):
+        assert _train(tmp_path / name, tiny_toml, "--epochs", "1") == 0
+    assert _train(tmp_path / "c", tiny_toml, "--epochs", "1", "--seed", "1") == 0
+    _assert_same_weights(tmp_path / "a" / "final.safetensors", tmp_path / "b" / "final.safetensors")
+    a, c = _weights(tmp_path / "a" / "final.safetensors"), _weights(tmp_path / "c" / "final.safetensors")
+    assert not torch.equal(a["joint_encoder.head.linear.weight"], c["joint_encoder.head.linear.weight"])
+
+
+def test_resume_gives_the_same_weights(tmp_path: Path, tiny_toml: Path, reference_run: Path) -> None:
+    out = tmp_path / "run"
+    assert _train(out, tiny_toml, "--epochs", "1") == 0
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    _assert_same_weights(out / "final.safetensors", reference_run / "final.safetensors")
+
+
+def test_resume_guards(tmp_path: Path, tiny_toml: Path, reference_run: Path, capsys) -> None:
+    assert _train(reference_run, tiny_toml) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--out", str(reference_run), "--resume", "--alpha", "0.5"]) == 1
+    assert "cannot change alpha" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "empty"), "--resume"]) == 1
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_sigterm_saves_and_resume_matches(tmp_path: Path, tiny_toml: Path, reference_run: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jmvae.training.cli", "train", "--data", "synthetic", "--out", str(out),
+           "--config", str(tiny_toml), "--epochs", "3"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "state saved" in err
+    state = read_checkpoint(out / "last.safetensors").state_json
+    assert 0 < state["step"] < 18
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    _assert_same_weights(out / "final.safetensors", reference_run / "final.safetensors")
+
+
+def test_image_to_attribute_accuracy_beats_majority(tmp_path: Path) -> None:
+    config = tmp_path / "more-data.toml"
+    # σ = 0.3 weighs the image term less than the default, so 8 short epochs leave room for the attributes.
+    config.write_text(TINY.replace("n_train = 300", "n_train = 2000").replace("[model]", "[model]\nimage_sigma = 0.3"))
+    out = tmp_path / "run"
+    assert _train(out, config, "--epochs", "8") == 0
+    model, meta = load_model(out / "final.safetensors")
+    data = synthetic_dataset(n_train=0, n_val=0, n_test=500, seed=99, image_size=32).split("test")
+    columns = [meta.attribute_names.index(n) for n in RENDERED_ATTRIBUTES]
+    present = data.attributes[:, columns] > 0
+    with torch.inference_mode():
+        z = model.infer(x=normalise(torch.from_numpy(data.images)), mode="kl").mean
+        predicted = (model.decode_attributes(z)[:, columns] > 0).numpy()
+    accuracy = (predicted == present).mean(axis=0)
+    train_prevalence = np.array([meta.data["attribute_prevalence"][n] for n in RENDERED_ATTRIBUTES])
+    majority = ((train_prevalence >= 0.5) == present).mean(axis=0)
+    assert accuracy.mean() > majority.mean() + 0.05, (accuracy, majority)
+    assert (accuracy > majority + 0.1).sum() >= 4, (accuracy, majority)  # e.g. Male, hair colour, skin, lipstick
+
+
+def test_ddp_two_gloo_processes(tmp_path: Path, tiny_toml: Path) -> None:
+    out = tmp_path / "ddp"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "jmvae.training.cli", "train", "--data", "synthetic", "--out", str(out), "--config",
+           str(tiny_toml), "--epochs", "1", "--device", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert train and all(r["processes"] == 2 for r in train) and train[-1]["step"] == 6
+    model, meta = load_model(out / "final.safetensors")
+    assert meta.step == 6

@@ -1,0 +1,115 @@
+"""The `jmvae` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from jmvae.model.checkpoint import CheckpointError, read_checkpoint
+
+# Fields that may differ between a run and its resumption: they change how, not what, is trained.
+RESUMABLE_OVERRIDES = {"epochs", "device", "precision", "compile", "progress", "cache_dir", "workers", "log_every"}
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {
+        "data": args.data, "epochs": args.epochs, "alpha": args.alpha, "device": args.device, "seed": args.seed,
+        "batch_size": args.batch_size, "lr": args.lr, "cache_dir": args.cache_dir, "workers": args.workers,
+        "compile": args.compile, "progress": False if args.no_progress else None,
+    }
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def _train(args: argparse.Namespace) -> int:
+    # Imported here so `jmvae --help` and `jmvae info` stay fast.
+    import torch
+
+    from .config import CONFIG_FILE, TrainConfig, load_config
+    from .data import load_dataset
+    from .distributed import init_distributed, shutdown_distributed
+    from .trainer import Trainer, TrainingInterrupted, resolve_device
+
+    run_dir: Path = args.out
+    overrides = _train_overrides(args)
+    if args.resume:
+        if args.config:
+            raise ValueError("--resume reads RUN_DIR/config.json; --config cannot be given with it")
+        saved = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
+        config = load_config(run_dir / CONFIG_FILE, overrides)
+        changed = sorted(k for k in TrainConfig.model_fields
+                         if k not in RESUMABLE_OVERRIDES and getattr(config, k) != getattr(saved, k))
+        if changed:
+            raise ValueError(f"cannot change {', '.join(changed)} when resuming {run_dir}")
+    else:
+        if (run_dir / "last.safetensors").exists():
+            raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        config = load_config(args.config, overrides)
+    device = resolve_device(config.device)
+    ctx = init_distributed(device)
+    if device.type == "cuda" and ctx.enabled:
+        device = torch.device("cuda", ctx.local_rank)
+    try:
+        dataset = load_dataset(config)
+        trainer = Trainer(config, run_dir, dataset, device, ctx)
+        try:
+            final = trainer.fit(resume=args.resume)
+        except TrainingInterrupted as e:
+            print(f"jmvae train: {e}", file=sys.stderr)
+            return 128 + e.signum
+    finally:
+        shutdown_distributed(ctx)
+    if ctx.is_main:
+        print(json.dumps({"checkpoint": str(final), "epoch": trainer.epoch, "step": trainer.step} | trainer.metrics))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    checkpoint = read_checkpoint(args.checkpoint)
+    print(checkpoint.meta.model_dump_json(indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jmvae", description="JMVAE-kl on faces and CelebA attributes")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model and write checkpoints into RUN_DIR")
+    train.add_argument("--data", help="CelebA root (img_align_celeba/, list_attr_celeba.txt, ...) or 'synthetic'")
+    train.add_argument("--out", type=Path, required=True, metavar="RUN_DIR")
+    train.add_argument("--config", type=Path, help="TOML or JSON file of TrainConfig fields")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--alpha", type=float, help="JMVAE-kl weight α; 0 trains plain JMVAE")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    train.add_argument("--seed", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--cache-dir", type=Path)
+    train.add_argument("--workers", type=int)
+    train.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    train.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last.safetensors")
+    train.set_defaults(func=_train)
+
+    info = commands.add_parser("info", help="validate a checkpoint and print its metadata")
+    info.add_argument("checkpoint", type=Path)
+    info.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, CheckpointError, ValidationError) as e:
+        message = " ".join(str(e).split())
+        print(f"jmvae {args.command}: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

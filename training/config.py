@@ -1,0 +1,92 @@
+"""The training configuration: a pydantic model read from a TOML or JSON file, with command-line overrides."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from jmvae.model.config import ModelConfig
+from jmvae.model.preprocess import Preprocessing
+
+CONFIG_FILE = "config.json"
+
+
+class SyntheticConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_train: int = Field(4000, ge=1)
+    n_val: int = Field(500, ge=0)
+    n_test: int = Field(500, ge=0)
+    seed: int = Field(0, description="seed of the generated data, independent of the training seed")
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a training run; saved as RUN_DIR/config.json and into each checkpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: str = Field("synthetic", description="a CelebA root in its native layout, or 'synthetic'")
+    model: ModelConfig = ModelConfig()
+    preprocessing: Preprocessing = Preprocessing()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    alpha: float = Field(0.1, ge=0.0, description="JMVAE-kl weight α (Eq. 2); 0 trains plain JMVAE (Eq. 1)")
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(100, ge=2, description="global batch, split evenly over distributed processes")
+    lr: float = Field(1e-3, gt=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = Field(20.0, ge=0.0, description="KL warm-up of the prior term, 0 → 1, linear per step")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = Field(False, description="torch.compile the model (CUDA only pays off)")
+    val_k: int = Field(10, ge=1, description="importance samples of the per-epoch validation bounds")
+    val_n_w: int = Field(10, ge=1, description="prior samples for log p(w) in validation")
+    val_max_examples: int = Field(1000, ge=1)
+    cache_dir: Path | None = Field(None, description="preprocessed-image cache; default ~/.cache/jmvae")
+    workers: int | None = Field(None, ge=1, description="processes for building the cache; default all cores")
+    log_every: int = Field(20, ge=1, description="steps between train records in metrics.jsonl")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.preprocessing.image_size != self.model.image_size:
+            raise ValueError(
+                f"preprocessing.image_size {self.preprocessing.image_size} != model.image_size {self.model.image_size}"
+            )
+        return self
+
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or Path.home() / ".cache" / "jmvae"
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A TOML (.toml) or JSON (anything else) file as a dict; errors name the file."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the file, then the overrides (nested dicts merge key by key)."""
+    values = read_config_file(path) if path else {}
+    return TrainConfig.model_validate(_deep_merge(values, overrides or {}))

@@ -1,0 +1,322 @@
+"""The training loop: data resident on the device, bf16 autocast on CUDA, DDP under torchrun, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from jmvae.model.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointMeta,
+    now_iso,
+    package_version,
+    read_checkpoint,
+    save_checkpoint,
+)
+from jmvae.model.jmvae import JMVAE
+from jmvae.model.preprocess import normalise
+
+from .config import CONFIG_FILE, TrainConfig
+from .data import FaceDataset
+from .distributed import DistContext, any_rank, barrier
+from .evaluate import evaluate
+
+LAST = "last.safetensors"
+FINAL = "final.safetensors"
+METRICS = "metrics.jsonl"
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a signal stopped training and the state was saved to last.safetensors."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}; state saved, continue with --resume")
+        self.signum = signum
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The noise of step `step` on `rank`: a pure function of the position, so a resumed run draws the same
+    noise as an uninterrupted one without saving generator state."""
+    return ((seed * 1_000_003 + rank) * 10_000_019 + step) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    if config.lr_schedule == "cosine":
+        return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return config.lr
+
+
+def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """β of the prior KL: linear from 0 to 1 over warmup_epochs, then 1."""
+    if config.warmup_epochs == 0:
+        return 1.0
+    return min(1.0, step / (steps_per_epoch * config.warmup_epochs))
+
+
+def _optimizer_to_checkpoint(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_checkpoint(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict[str, Any]
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, entries in saved["scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to save and stop at the end of the current step; a second one forces exit."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_StopFlag]:
+    flag = _StopFlag()
+    previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        dataset: FaceDataset,
+        device: torch.device,
+        ctx: DistContext | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.dataset = dataset
+        self.device = device
+        self.ctx = ctx or DistContext()
+        if config.batch_size % self.ctx.world_size:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by {self.ctx.world_size} processes")
+        if tuple(dataset.attribute_names) and len(dataset.attribute_names) != config.model.n_attributes:
+            raise ValueError(
+                f"the data has {len(dataset.attribute_names)} attributes, the model {config.model.n_attributes}"
+            )
+        train = dataset.split("train")
+        if len(train) < 2:
+            raise ValueError(f"the training split of {dataset.name} has {len(train)} images; need at least 2")
+        if train.images.shape[1] != config.model.image_size:
+            raise ValueError(f"images are {train.images.shape[1]} px, the model expects {config.model.image_size}")
+        # Kept on the device as uint8 (2.5 GB for all of CelebA): batches are gathered there, no loader workers.
+        self.images = torch.from_numpy(np.ascontiguousarray(train.images)).to(device)
+        self.attributes = torch.from_numpy(train.attributes).to(device).float()
+        self.prevalence = (train.attributes > 0).mean(axis=0)
+        self.steps_per_epoch = max(1, len(train) // config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.local_batch = min(config.batch_size, len(train)) // self.ctx.world_size
+        self.autocast = self._autocast_dtype()
+
+        torch.manual_seed(config.seed)
+        self.model = JMVAE(config.model).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=config.adam_betas)
+        self.epoch = 0  # completed epochs
+        self.step = 0  # optimiser steps taken
+        self.metrics: dict[str, float] = {}
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        precision = self.config.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        return torch.bfloat16 if precision == "bf16" else None
+
+    # Checkpoints -----------------------------------------------------------------------------------------
+    def _meta(self) -> CheckpointMeta:
+        return CheckpointMeta(
+            package_version=package_version(),
+            created_at=now_iso(),
+            model=self.config.model,
+            attribute_names=self.dataset.attribute_names,
+            preprocessing=self.config.preprocessing,
+            alpha=self.config.alpha,
+            training=self.config.model_dump(mode="json"),
+            data=self.dataset.summary(),
+            epoch=self.epoch,
+            step=self.step,
+            metrics=self.metrics,
+        )
+
+    def save(self, name: str, with_state: bool) -> Path:
+        path = self.run_dir / name
+        tensors: dict[str, torch.Tensor] = {}
+        state_json: dict[str, Any] = {}
+        if with_state:
+            tensors, state_json = _optimizer_to_checkpoint(self.optimizer)
+            state_json |= {"epoch": self.epoch, "step": self.step}
+        save_checkpoint(path, Checkpoint(self._meta(), self.model.state_dict(), tensors, state_json))
+        return path
+
+    def restore(self) -> None:
+        path = self.run_dir / LAST
+        checkpoint = read_checkpoint(path, self.device)
+        if not checkpoint.state_json:
+            raise CheckpointError(f"{path}: has no training state to resume from")
+        saved_key = checkpoint.meta.data.get("content_key")
+        if saved_key != self.dataset.content_key:
+            raise CheckpointError(f"{path}: was trained on other data (content key {saved_key})")
+        self.model.load_state_dict(checkpoint.model_state)
+        _optimizer_from_checkpoint(self.optimizer, checkpoint.state_tensors, checkpoint.state_json)
+        self.epoch = checkpoint.state_json["epoch"]
+        self.step = checkpoint.state_json["step"]
+        self.metrics = dict(checkpoint.meta.metrics)
+
+    # Logging ---------------------------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            with open(self.run_dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # The loop --------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> Path:
+        """Train to config.epochs; returns the final checkpoint. Raises TrainingInterrupted after a signal."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.restore()
+        if self.ctx.is_main:
+            (self.run_dir / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2) + "\n")
+        model: torch.nn.Module = self.model
+        if self.ctx.enabled:
+            # With α = 0 the unimodal encoders take no part in the loss, and DDP must be told.
+            model = DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.config.alpha == 0,
+            )
+        if self.config.compile:
+            model = torch.compile(model)
+        with _stop_on_signals() as stop:
+            while self.epoch < self.config.epochs:
+                if self._train_epoch(model, stop):
+                    if self.ctx.is_main:
+                        self.save(LAST, with_state=True)
+                    barrier(self.ctx)
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+                self.epoch += 1
+                self._validate()
+                if self.ctx.is_main:
+                    self.save(LAST, with_state=True)
+                barrier(self.ctx)
+        final = self.run_dir / FINAL
+        if self.ctx.is_main:
+            self.save(FINAL, with_state=False)
+        barrier(self.ctx)
+        return final
+
+    def _train_epoch(self, model: torch.nn.Module, stop: _StopFlag) -> bool:
+        """Runs the rest of the current epoch; True when a signal stopped it (after a whole step)."""
+        config, ctx = self.config, self.ctx
+        # The epoch's order depends only on (seed, epoch): every rank agrees, and a resumed run repeats it.
+        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(config.seed + self.epoch))
+        order = order.to(self.device)
+        first = self.step - self.epoch * self.steps_per_epoch
+        generator = torch.Generator(device=self.device)
+        model.train()
+        bar = tqdm(
+            total=self.steps_per_epoch, initial=first, desc=f"epoch {self.epoch + 1}/{config.epochs}",
+            disable=not (config.progress and ctx.is_main), dynamic_ncols=True, leave=False,
+        )
+        window: dict[str, float] = {}
+        window_steps, window_start = 0, time.perf_counter()
+        for index in range(first, self.steps_per_epoch):
+            batch = order[index * config.batch_size : (index + 1) * config.batch_size]
+            batch = batch[ctx.rank * self.local_batch : (ctx.rank + 1) * self.local_batch]
+            x = normalise(self.images[batch])
+            w = self.attributes[batch]
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(config, self.step, self.total_steps)
+            beta = kl_weight(config, self.step, self.steps_per_epoch)
+            generator.manual_seed(step_seed(config.seed, ctx.rank, self.step))
+            autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext())
+            with autocast:
+                terms = model(x, w, alpha=config.alpha, beta=beta, generator=generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            values = terms.as_floats()
+            if not math.isfinite(values["loss"]):
+                raise FloatingPointError(f"loss became {values['loss']} at step {self.step}; lower --lr?")
+            for name, value in values.items():
+                window[name] = window.get(name, 0.0) + value
+            window_steps += 1
+            bar.update(1)
+            if window_steps == config.log_every or index == self.steps_per_epoch - 1:
+                elapsed = time.perf_counter() - window_start
+                record = {name: value / window_steps for name, value in window.items()}
+                record |= {"beta": beta, "lr": learning_rate(config, self.step - 1, self.total_steps),
+                           "images_per_s": window_steps * config.batch_size / elapsed, "processes": ctx.world_size}
+                bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "log_px", "log_pw", "kl_prior",
+                                                                  "images_per_s")})
+                self._log({"kind": "train", "epoch": self.epoch + 1, "step": self.step} | record)
+                window, window_steps, window_start = {}, 0, time.perf_counter()
+            if any_rank(stop.signum is not None, ctx, self.device):
+                bar.close()
+                return True
+        bar.close()
+        return False
+
+    def _validate(self) -> None:
+        val = self.dataset.split("val")
+        if not self.ctx.is_main or not len(val):
+            return
+        started = time.perf_counter()
+        self.metrics = evaluate(
+            self.model, val, self.prevalence, self.config.alpha, k=self.config.val_k, n_w=self.config.val_n_w,
+            max_examples=self.config.val_max_examples, seed=self.config.seed,
+        )
+        self._log({"kind": "val", "epoch": self.epoch, "step": self.step,
+                   "seconds": time.perf_counter() - started} | self.metrics)
+        if self.config.progress:
+            tqdm.write(f"epoch {self.epoch}: " + ", ".join(
+                f"{k[4:]}={v:.4g}" for k, v in self.metrics.items()
+                if k in ("val_elbo", "val_log_pxw", "val_log_px_single", "val_attr_acc_kl", "val_attr_acc_majority")
+            ))
