@@ -36,9 +36,9 @@ def evaluate(
     n = min(len(split), max_examples)
     sums: dict[str, float] = {}
     for start in range(0, n, batch_size):
-        images = torch.from_numpy(np.ascontiguousarray(split.images[start : start + batch_size])).to(device)
-        x = normalise(images)
-        w = torch.from_numpy(split.attributes[start : start + batch_size]).to(device).float()
+        rows = slice(start, min(start + batch_size, n))
+        x = normalise(torch.from_numpy(np.ascontiguousarray(split.images[rows])).to(device))
+        w = torch.from_numpy(split.attributes[rows]).to(device).float()
         terms = model(x, w, alpha=alpha, beta=1.0, generator=generator).as_floats()
         bounds = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)
         batch = {f"val_{name}": value for name, value in terms.items() if name != "loss"}
