@@ -179,5 +179,18 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[JMVAE, C
     return build_model(checkpoint, path), checkpoint.meta
 
 
+def export_checkpoint(source: Path, target: Path, dtype: torch.dtype = torch.float16) -> CheckpointMeta:
+    """Weights only, floating-point parameters cast to `dtype` (batch-norm statistics stay float32): the compact
+    file a service ships. Loading casts back to float32, so nothing else changes for readers."""
+    checkpoint = read_checkpoint(source)
+    build_model(checkpoint, source)  # refuse to export what could not be loaded
+    state = {
+        name: t.to(dtype) if t.is_floating_point() and "running_" not in name else t
+        for name, t in checkpoint.model_state.items()
+    }
+    save_checkpoint(target, Checkpoint(checkpoint.meta, state))
+    return read_checkpoint(target).meta
+
+
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())[:300]

@@ -104,3 +104,20 @@ def test_refuses_missing_foreign_and_mismatched(tmp_path: Path, saved: Path, tin
     save_checkpoint(wrong, Checkpoint(_meta(tiny_config), other.state_dict()))
     with pytest.raises(CheckpointError, match="shape"):
         load_model(wrong)
+
+
+def test_export_halves_the_file_and_loads_as_float32(tmp_path: Path, saved: Path, tiny_model: JMVAE, batch) -> None:
+    from jmvae.model.checkpoint import export_checkpoint
+
+    target = tmp_path / "small.safetensors"
+    meta = export_checkpoint(saved, target)
+    assert meta.step == 10 and target.stat().st_size < 0.6 * saved.stat().st_size
+    exported = read_checkpoint(target)
+    assert not exported.state_tensors
+    assert exported.model_state["joint_encoder.head.linear.weight"].dtype == torch.float16
+    assert exported.model_state["image_encoder.features.dense.1.running_var"].dtype == torch.float32
+    model, _ = load_model(target)
+    assert next(model.parameters()).dtype == torch.float32
+    x, w = batch
+    tiny_model.eval()
+    torch.testing.assert_close(model.q_joint(x, w).mean, tiny_model.q_joint(x, w).mean, atol=2e-2, rtol=2e-2)
