@@ -26,3 +26,10 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.rand(12, 3, 16, 16, generator=g)
     w = torch.where(torch.rand(12, 40, generator=g) < 0.3, 1.0, -1.0)
     return x, w
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    from service_support import train_tiny_checkpoint
+
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint"))

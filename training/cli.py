@@ -74,6 +74,24 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from jmvae.model.checkpoint import export_checkpoint
+
+    meta = export_checkpoint(args.checkpoint, args.out, {"float16": torch.float16, "bfloat16": torch.bfloat16,
+                                                         "float32": torch.float32}[args.dtype])
+    print(json.dumps({"checkpoint": str(args.out), "bytes": args.out.stat().st_size, "epoch": meta.epoch}))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # The command line sits above both packages; the service itself never imports training/.
+    from jmvae.service.cli import serve
+
+    return serve(args.checkpoint, args.host, args.port, args.workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jmvae", description="JMVAE-kl on faces and CelebA attributes")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="validate a checkpoint and print its metadata")
     info.add_argument("checkpoint", type=Path)
     info.set_defaults(func=_info)
+    export = commands.add_parser("export", help="write a compact weights-only copy of a checkpoint (fp16 default)")
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    export.set_defaults(func=_export)
+
+    serve = commands.add_parser("serve", help="serve a checkpoint over HTTP (default: the model shipped inside)")
+    serve.add_argument("--checkpoint", type=Path, help="default: $JMVAE_CHECKPOINT, else the packaged model")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=_serve)
     return parser
 
 

@@ -1,0 +1,374 @@
+"""The FastAPI application: routes, errors, authentication, limits and metrics around one Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .batching import QueueFull
+from .engine import Engine, GenerateJob
+from .faces import FaceCrop, FaceDetector
+from .images import ImageRejected, decode_upload
+from .metrics import ServiceMetrics
+from .render import grid, png_base64, png_bytes
+from .schemas import (
+    AttributesResponse,
+    Box,
+    EditChanges,
+    EditResponse,
+    ErrorBody,
+    GenerateRequest,
+    GenerateResponse,
+    ModelInfo,
+)
+from .settings import Settings
+
+logger = logging.getLogger("jmvae.service")
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Multipart framing around the image: boundaries, part headers and the small `changes` field.
+MULTIPART_OVERHEAD = 64 * 1024
+NO_FACE_NOTE = "no face found; a centre crop of the image was used"
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        401: "missing or wrong API key", 413: "upload too large (bytes or pixels)",
+        415: "not a JPEG, PNG or WebP image", 422: "invalid input: the detail names the field and the problem",
+        503: "not ready yet, or the queue is full: retry after Retry-After seconds",
+    }.items()
+}
+PNG_RESPONSE: dict[str, Any] = {"content": {"image/png": {}}, "description": "JSON by default; one PNG with Accept: image/png"}
+
+
+class ServiceUnavailable(Exception):
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+
+
+def _report_warm_up_failure(task: asyncio.Task[None]) -> None:
+    # A failed warm-up leaves /readyz at 503 for good; say why instead of failing silently.
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("warm-up failed; the service stays unready", exc_info=task.exception())
+
+
+def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def _validation_message(errors: list[Any]) -> str:
+    parts = []
+    for e in errors[:5]:
+        location = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",)) or "body"
+        parts.append(f"{location}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def _wants_png(request: Request) -> bool:
+    """True when the client ranks image/png above JSON in Accept."""
+    ranked: dict[str, float] = {}
+    for part in request.headers.get("accept", "").split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for p in params:
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        ranked[media.lower()] = q
+    png = ranked.get("image/png", 0.0)
+    return png > 0 and png >= ranked.get("application/json", 0.0)
+
+
+def _endpoint(app: FastAPI, scope: Scope) -> str:
+    """The route template a request matches, for bounded metric labels; unknown paths share one label."""
+    for route in app.router.routes:
+        if route.matches(scope)[0] != Match.NONE:
+            return getattr(route, "path", "unmatched")
+    return "unmatched"
+
+
+class BodyLimit:
+    """Refuses bodies over the limit as they stream in (413), before the app has read them whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _error(413, "payload_too_large", f"request body over {self.max_bytes} bytes")
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        engine = Engine.load(settings, metrics)  # a bad checkpoint stops the start here
+        detector = FaceDetector(engine.meta.preprocessing)
+        await engine.start()
+        warm_up = asyncio.create_task(engine.warm_up())
+        warm_up.add_done_callback(_report_warm_up_failure)
+        try:
+            yield {"engine": engine, "detector": detector}
+        finally:
+            warm_up.cancel()
+            await engine.stop()
+
+    app = FastAPI(
+        title="jmvae",
+        summary="JMVAE-kl: faces ↔ CelebA attributes through one joint latent space",
+        description="Upload a face to read its 40 CelebA attributes, generate faces from attributes, or edit a "
+        "face's attributes (Suzuki, Nakayama & Matsuo, 2016). Images are 64×64.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+
+    # Middleware, innermost first (each one added wraps the ones before): auth, CORS (so that 401s carry CORS
+    # headers), the body limit, then metrics around everything so refusals are counted too.
+    if settings.api_key is not None:
+        expected = settings.api_key.get_secret_value().encode()
+
+        @app.middleware("http")
+        async def authenticate(request: Request, call_next: Any) -> Response:
+            if request.url.path in OPEN_PATHS or request.method == "OPTIONS":
+                return await call_next(request)
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            # compare_digest: the time taken does not reveal how much of a guessed key was right.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+                return _error(401, "unauthorized", "a valid API key is required as 'Authorization: Bearer <key>'",
+                              {"WWW-Authenticate": "Bearer"})
+            return await call_next(request)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept"],
+        )
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        metrics.observe_request(
+            _endpoint(app, request.scope), request.method, response.status_code, time.perf_counter() - started
+        )
+        return response
+
+    # Errors: always JSON {"error", "detail"}, never a bare 500 for bad input.
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_request", _validation_message(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(ImageRejected)
+    async def _bad_image(request: Request, exc: ImageRejected) -> JSONResponse:
+        return _error(exc.status, "bad_image", exc.message)
+
+    @app.exception_handler(QueueFull)
+    async def _full(request: Request, exc: QueueFull) -> JSONResponse:
+        metrics.rejected.labels(exc.path).inc()
+        return _error(503, "overloaded", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(ServiceUnavailable)
+    async def _unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
+        return _error(503, "not_ready", exc.detail, {"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal_error", "the server failed on this request; it has been logged")
+
+    def ready_engine(request: Request) -> Engine:
+        engine: Engine = request.state.engine
+        if not engine.ready:
+            raise ServiceUnavailable("the model is warming up")
+        return engine
+
+    async def face_from_upload(request: Request, upload: UploadFile) -> FaceCrop:
+        data = await upload.read(settings.max_upload_bytes + 1)
+        detector: FaceDetector = request.state.detector
+
+        def prepare() -> FaceCrop:
+            image = decode_upload(data, settings.max_image_pixels, settings.max_upload_bytes)
+            return detector.crop(image)
+
+        return await run_in_threadpool(prepare)
+
+    def box(face: FaceCrop) -> Box:
+        return Box(left=face.box.left, top=face.box.top, width=face.box.width, height=face.box.height)
+
+    def check_names(engine: Engine, values: dict[str, float], field: str) -> None:
+        unknown = sorted(set(values) - set(engine.attribute_names))
+        if unknown:
+            raise RequestValidationError([{
+                "loc": (field, unknown[0]),
+                "msg": f"unknown attribute(s) {', '.join(unknown[:5])}; GET /model lists the {len(engine.attribute_names)} names",
+            }])
+
+    # Routes -------------------------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Readiness: checkpoint loaded and warmed up (503 before)",
+             responses={503: ERRORS[503]})
+    async def readyz(request: Request) -> JSONResponse:
+        if not request.state.engine.ready:
+            return _error(503, "not_ready", "the model is warming up", {"Retry-After": "1"})
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/model", tags=["model"], summary="The loaded checkpoint: metadata, device, attribute names",
+             response_model=ModelInfo, responses={401: ERRORS[401]})
+    async def model_info(request: Request) -> ModelInfo:
+        engine: Engine = request.state.engine
+        return ModelInfo(
+            checkpoint=engine.checkpoint.name, device=str(engine.device), inference_mode=engine.mode,
+            attribute_names=list(engine.attribute_names), image_size=engine.image_size,
+            default_attributes=dict(zip(engine.attribute_names, map(float, engine.default_attributes))),
+            metadata=engine.meta.model_dump(mode="json"),
+        )
+
+    @app.post("/attributes", tags=["model"], summary="Face photo → attribute probabilities",
+              response_model=AttributesResponse,
+              responses={k: ERRORS[k] for k in (401, 413, 415, 422, 503)})
+    async def attributes(
+        request: Request,
+        image: Annotated[UploadFile, File(description="a JPEG, PNG or WebP photo with one face")],
+    ) -> AttributesResponse:
+        engine = ready_engine(request)
+        face = await face_from_upload(request, image)
+        encoded = await engine.encode(face.pixels)
+        probabilities = dict(zip(engine.attribute_names, map(float, encoded.probabilities)))
+        return AttributesResponse(
+            probabilities=probabilities, present=[n for n, p in probabilities.items() if p >= 0.5], box=box(face),
+            face_detected=face.detected, note=None if face.detected else NO_FACE_NOTE,
+        )
+
+    @app.post("/generate", tags=["model"], summary="Attributes → average face and random faces",
+              response_model=GenerateResponse,
+              responses={200: PNG_RESPONSE} | {k: ERRORS[k] for k in (401, 413, 422, 503)})
+    async def generate(request: Request, body: GenerateRequest) -> Any:
+        engine = ready_engine(request)
+        check_names(engine, body.attributes, "attributes")
+        if body.n > settings.max_faces:
+            raise RequestValidationError([{"loc": ("n",), "msg": f"must be at most {settings.max_faces}"}])
+        if body.zeta > settings.max_zeta:
+            raise RequestValidationError([{"loc": ("zeta",), "msg": f"must be at most {settings.max_zeta}"}])
+        seed = body.seed if body.seed is not None else secrets.randbits(63)
+        w = engine.attribute_vector(body.attributes)
+        result = await engine.generate(GenerateJob(w, body.n, body.zeta, seed))
+        if _wants_png(request):
+            image = result.average if body.n == 0 else grid([result.average, *result.faces])
+            return Response(png_bytes(image), media_type="image/png")
+        return GenerateResponse(
+            attributes=dict(zip(engine.attribute_names, map(float, w))), seed=seed, zeta=body.zeta,
+            average_face=png_base64(result.average), faces=[png_base64(f) for f in result.faces],
+        )
+
+    @app.post("/edit", tags=["model"], summary="Face photo + attribute changes → edited face",
+              response_model=EditResponse,
+              responses={200: PNG_RESPONSE} | {k: ERRORS[k] for k in (401, 413, 415, 422, 503)})
+    async def edit(
+        request: Request,
+        image: Annotated[UploadFile, File(description="a JPEG, PNG or WebP photo with one face")],
+        changes: Annotated[str, Form(description='JSON object of attribute values, e.g. {"Smiling": 2}',
+                                     examples=['{"Smiling": 2, "Eyeglasses": 1}'])],
+    ) -> Any:
+        engine = ready_engine(request)
+        try:
+            parsed = EditChanges.model_validate({"changes": json.loads(changes)}).changes
+        except json.JSONDecodeError as e:
+            raise RequestValidationError([{"loc": ("changes",), "msg": f"not valid JSON ({e.msg})"}]) from None
+        except ValidationError as e:
+            raise RequestValidationError(e.errors()) from None
+        check_names(engine, parsed, "changes")
+        face = await face_from_upload(request, image)
+        encoded = await engine.encode(face.pixels)
+        w = np.where(encoded.probabilities >= 0.5, 1.0, -1.0).astype(np.float32)
+        w_prime = w.copy()
+        for name, value in parsed.items():
+            w_prime[engine.attribute_names.index(name)] = value
+        means = await asyncio.gather(
+            engine.generate(GenerateJob(w, 0, 0.0, 0)), engine.generate(GenerateJob(w_prime, 0, 0.0, 0))
+        )
+        x_mean, x_prime_mean = means[0].average, means[1].average
+        delta = x_prime_mean.astype(np.int16) - x_mean.astype(np.int16)
+        edited = np.clip(face.pixels.astype(np.int16) + delta, 0, 255).astype(np.uint8)
+        if _wants_png(request):
+            return Response(png_bytes(edited), media_type="image/png")
+        names = engine.attribute_names
+        return EditResponse(
+            probabilities=dict(zip(names, map(float, encoded.probabilities))),
+            attributes=dict(zip(names, map(float, w))), edited_attributes=dict(zip(names, map(float, w_prime))),
+            box=box(face), face_detected=face.detected, note=None if face.detected else NO_FACE_NOTE,
+            input_face=png_base64(face.pixels), x_mean=png_base64(x_mean), x_prime_mean=png_base64(x_prime_mean),
+            edited_face=png_base64(edited),
+        )
+
+    return app

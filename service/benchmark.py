@@ -1,0 +1,181 @@
+"""Throughput and latency of the HTTP service, printed as a table (and JSON with --json).
+
+    python -m jmvae.service.benchmark --image FACE.jpg [--checkpoint CKPT] [--seconds 10]
+
+For each endpoint at 1 and 32 concurrent clients it starts `jmvae serve` in a subprocess on a loopback port,
+drives it with an asyncio httpx load for a fixed time and reports requests/s, p50 and p99. /attributes at 32
+clients is also run with JMVAE_MAX_BATCH_SIZE=1, and the same pipeline (decode, crop, model, JSON encode) is
+timed in-process at the service's batch size, which bounds what HTTP can reach. The load generator shares the
+machine with the server, as it would on a 2-core box; compare numbers from the same machine only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ENDPOINTS = ("/attributes", "/generate", "/edit")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _server(checkpoint: Path | None, env: dict[str, str]) -> Iterator[str]:
+    import httpx
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "jmvae.training.cli", "serve", "--port", str(port)]
+    if checkpoint:
+        cmd += ["--checkpoint", str(checkpoint)]
+    proc = subprocess.Popen(cmd, env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not get ready in 120 s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def _request(endpoint: str, image: bytes) -> dict[str, Any]:
+    if endpoint == "/generate":
+        return {"json": {"attributes": {"Smiling": 2, "Male": -1}, "n": 4, "seed": 1}}
+    files = {"image": ("face.jpg", image, "image/jpeg")}
+    if endpoint == "/edit":
+        return {"files": files, "data": {"changes": '{"Smiling": 2}'}}
+    return {"files": files}
+
+
+async def _load(url: str, endpoint: str, image: bytes, clients: int, seconds: float) -> dict[str, float]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        async def one_client(stop_at: float, record: bool) -> None:
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                response = await client.post(endpoint, **_request(endpoint, image))
+                if record:
+                    if response.status_code == 200:
+                        latencies.append(time.perf_counter() - started)
+                    else:
+                        errors += 1
+
+        warm = time.perf_counter() + min(2.0, seconds / 5)
+        await asyncio.gather(*(one_client(warm, False) for _ in range(clients)))
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(started + seconds, True) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "errors": errors, "requests": len(latencies)}
+
+
+def _in_process(checkpoint: Path | None, image: bytes, batch_size: int, seconds: float) -> float:
+    """Images/s of decode → detect and crop → model → JSON, batch by batch, no HTTP."""
+    from jmvae.model.checkpoint import load_model
+    from jmvae.model.preprocess import normalise
+    from jmvae.service.engine import DEFAULT_CHECKPOINT, resolve_device
+    from jmvae.service.faces import FaceDetector
+    from jmvae.service.images import decode_upload
+
+    import torch
+
+    device = resolve_device("auto")
+    model, meta = load_model(checkpoint or DEFAULT_CHECKPOINT, device)
+    detector = FaceDetector(meta.preprocessing)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        faces = [detector.crop(decode_upload(image, 40_000_000)).pixels for _ in range(batch_size)]
+        with torch.inference_mode():
+            x = normalise(torch.from_numpy(np.stack(faces)).to(device))
+            p = torch.sigmoid(model.decode_attributes(model.infer(x=x, mode=meta.default_inference_mode).mean))
+            p = p.cpu().numpy()
+        for row in p:
+            json.dumps({"probabilities": dict(zip(meta.attribute_names, map(float, row)))})
+        done += batch_size
+    return done / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", type=Path, required=True, help="a face photo (JPEG) to upload")
+    parser.add_argument("--checkpoint", type=Path, help="default: the model shipped in the package")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per cell")
+    parser.add_argument("--batch-size", type=int, default=32, help="JMVAE_MAX_BATCH_SIZE of the batched runs")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = parser.parse_args(argv)
+    image = args.image.read_bytes()
+    rows: list[dict[str, Any]] = []
+
+    def run(env: dict[str, str], cells: list[tuple[str, int]], label: str) -> None:
+        with _server(args.checkpoint, env) as url:
+            for endpoint, clients in cells:
+                result = asyncio.run(_load(url, endpoint, image, clients, args.seconds))
+                rows.append({"endpoint": endpoint, "clients": clients, "batching": label} | result)
+                print(f"{endpoint:12s} {clients:3d} clients {label:12s} {result['requests_per_s']:8.1f} req/s "
+                      f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}",
+                      flush=True)
+
+    batched = {"JMVAE_MAX_BATCH_SIZE": str(args.batch_size), "JMVAE_MAX_QUEUE": "1024"}
+    run(batched, [(e, c) for e in ENDPOINTS for c in (1, 32)], f"max {args.batch_size}")
+    run({"JMVAE_MAX_BATCH_SIZE": "1", "JMVAE_MAX_QUEUE": "1024"}, [("/attributes", 32)], "off (max 1)")
+    in_process = _in_process(args.checkpoint, image, args.batch_size, args.seconds)
+    print(f"in-process pipeline, batch {args.batch_size}: {in_process:.1f} images/s", flush=True)
+
+    def rate(batching: str) -> float:
+        return next(r["requests_per_s"] for r in rows
+                    if r["endpoint"] == "/attributes" and r["clients"] == 32 and r["batching"] == batching)
+
+    batched_rate, unbatched_rate = rate(f"max {args.batch_size}"), rate("off (max 1)")
+    summary = {
+        "attributes_32_clients_batched_req_s": batched_rate,
+        "attributes_32_clients_unbatched_req_s": unbatched_rate,
+        "batching_speedup": batched_rate / unbatched_rate,
+        "in_process_images_s": in_process,
+        "http_share_of_in_process": batched_rate / in_process,
+    }
+    print("\n| endpoint | clients | batching | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['endpoint']} | {r['clients']} | {r['batching']} | {r['requests_per_s']:.1f} | "
+              f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+    print(f"\nbatching speed-up at 32 clients: {summary['batching_speedup']:.2f}x; HTTP reaches "
+          f"{summary['http_share_of_in_process']:.0%} of the in-process pipeline ({in_process:.1f} images/s)")
+    if args.json:
+        print(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

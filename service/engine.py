@@ -1,0 +1,171 @@
+"""The model behind the HTTP API: one loaded checkpoint, two batched model paths, warm-up and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jmvae.model.checkpoint import CheckpointMeta, load_model
+from jmvae.model.jmvae import JMVAE
+from jmvae.model.preprocess import denormalise, normalise
+
+from .batching import BatchStats, Batcher
+from .metrics import ServiceMetrics
+from .settings import Settings
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "default_model" / "jmvae-default.safetensors"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("JMVAE_DEVICE=cuda, but torch sees no CUDA device")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Image path output for one face."""
+
+    probabilities: np.ndarray  # (A,) float32, p(w_i = 1 | mean of q(z|x))
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    attributes: np.ndarray  # (A,) float32 in [-2, 2]
+    n: int
+    zeta: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class Generated:
+    average: np.ndarray  # (S, S, 3) uint8, decoded from the mean of q(z|w)
+    faces: np.ndarray  # (n, S, S, 3) uint8, decoded from z = mean + σ ⊙ ε, ε ~ N(0, ζ I)
+
+
+class Engine:
+    """Owns the model; every forward pass runs on one worker thread, off the event loop."""
+
+    def __init__(self, model: JMVAE, meta: CheckpointMeta, checkpoint: Path, device: torch.device,
+                 settings: Settings, metrics: ServiceMetrics) -> None:
+        self.model = model
+        self.meta = meta
+        self.checkpoint = checkpoint
+        self.device = device
+        self.settings = settings
+        self.metrics = metrics
+        self.mode = meta.default_inference_mode
+        self.attribute_names = meta.attribute_names
+        prevalence = meta.data.get("attribute_prevalence", {})
+        # Attributes a request leaves out take their majority value in the training data: a typical face.
+        self.default_attributes = np.array(
+            [1.0 if prevalence.get(name, 0.0) >= 0.5 else -1.0 for name in self.attribute_names], np.float32
+        )
+        self.ready = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jmvae-model")
+        wait = settings.max_batch_wait_ms / 1000.0
+        self.image_path: Batcher[np.ndarray, Encoded] = Batcher(
+            "image", self._encode_images, self._executor, settings.max_batch_size, wait, settings.max_queue,
+            self._observe,
+        )
+        self.attribute_path: Batcher[GenerateJob, Generated] = Batcher(
+            "attributes", self._generate, self._executor, settings.max_batch_size, wait, settings.max_queue,
+            self._observe,
+        )
+        metrics.track(
+            {"image": lambda: self.image_path.depth, "attributes": lambda: self.attribute_path.depth},
+            self._device_memory,
+        )
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: ServiceMetrics) -> Engine:
+        """Loads and validates the checkpoint; raises CheckpointError with a one-line reason."""
+        device = resolve_device(settings.device)
+        checkpoint = settings.checkpoint or DEFAULT_CHECKPOINT
+        model, meta = load_model(checkpoint, device)
+        return cls(model, meta, checkpoint, device, settings, metrics)
+
+    @property
+    def image_size(self) -> int:
+        return self.meta.model.image_size
+
+    # Lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.image_path.start()
+        self.attribute_path.start()
+
+    async def warm_up(self) -> None:
+        """Runs each path at batch sizes 1 and max before declaring readiness (allocator, kernels, caches)."""
+        loop = asyncio.get_running_loop()
+        face = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        job = GenerateJob(self.default_attributes, n=1, zeta=1.0, seed=0)
+        for _ in range(self.settings.warmup_batches):
+            for size in {1, self.settings.max_batch_size}:
+                await loop.run_in_executor(self._executor, self._encode_images, [face] * size)
+                await loop.run_in_executor(self._executor, self._generate, [job] * size)
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.image_path.stop()
+        await self.attribute_path.stop()
+        self._executor.shutdown(wait=True)
+
+    # Public operations -----------------------------------------------------------------------------------
+    async def encode(self, face: np.ndarray) -> Encoded:
+        return await self.image_path.submit(face)
+
+    async def generate(self, job: GenerateJob) -> Generated:
+        return await self.attribute_path.submit(job)
+
+    def attribute_vector(self, values: dict[str, float]) -> np.ndarray:
+        w = self.default_attributes.copy()
+        for name, value in values.items():
+            w[self.attribute_names.index(name)] = value
+        return w
+
+    # Batched model paths (run on the model thread) -------------------------------------------------------
+    @torch.inference_mode()
+    def _encode_images(self, faces: Sequence[np.ndarray]) -> list[Encoded]:
+        x = normalise(torch.from_numpy(np.stack(faces)).to(self.device))
+        z = self.model.infer(x=x, mode=self.mode).mean
+        probabilities = torch.sigmoid(self.model.decode_attributes(z)).float().cpu().numpy()
+        return [Encoded(p) for p in probabilities]
+
+    @torch.inference_mode()
+    def _generate(self, jobs: Sequence[GenerateJob]) -> list[Generated]:
+        w = torch.from_numpy(np.stack([job.attributes for job in jobs])).to(self.device)
+        q = self.model.infer(w=w, mode=self.mode)
+        latents = [q.mean]
+        for i, job in enumerate(jobs):
+            if job.n:
+                # Per-request generator on the CPU: the same seed gives the same faces whatever the batch.
+                eps = torch.randn((job.n, q.mean.shape[-1]), generator=torch.Generator().manual_seed(job.seed))
+                latents.append(q.mean[i] + q.std[i] * math.sqrt(job.zeta) * eps.to(self.device))
+        images = denormalise(self.model.decode_image(torch.cat(latents))).cpu().numpy()
+        averages, rest = images[: len(jobs)], images[len(jobs):]
+        out, start = [], 0
+        for i, job in enumerate(jobs):
+            out.append(Generated(averages[i], rest[start : start + job.n]))
+            start += job.n
+        return out
+
+    # Metrics ---------------------------------------------------------------------------------------------
+    def _observe(self, path: str, stats: BatchStats) -> None:
+        self.metrics.observe_batch(path, stats)
+
+    def _device_memory(self) -> float:
+        if self.device.type == "cuda":
+            return float(torch.cuda.memory_allocated(self.device))
+        with open(f"/proc/{os.getpid()}/statm") as f:
+            return float(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))

@@ -1,0 +1,105 @@
+"""Request and response bodies of the HTTP API (the public contract)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+AttributeValue = Annotated[
+    float,
+    Field(ge=-2.0, le=2.0, allow_inf_nan=False,
+          description="-1 absent, 1 present, ±2 emphasised (the paper's Figure 1); any value in [-2, 2]"),
+]
+
+
+def _finite(values: dict[str, float]) -> dict[str, float]:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: value must be a finite number")
+    return values
+
+
+class Box(BaseModel):
+    left: float
+    top: float
+    width: float
+    height: float
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable code")
+    detail: str = Field(description="what was wrong, in one line")
+
+
+class AttributesResponse(BaseModel):
+    probabilities: dict[str, float] = Field(description="p(attribute present | image), by attribute name")
+    present: list[str] = Field(description="attributes with probability ≥ 0.5")
+    box: Box = Field(description="the crop of the uploaded image that was fed to the model, in its pixels")
+    face_detected: bool
+    note: str | None = Field(None, description="set when no face was found and a centre crop was used")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "probabilities": {"Male": 0.93, "Smiling": 0.12, "Eyeglasses": 0.02},
+        "present": ["Male"], "box": {"left": 120.0, "top": 80.0, "width": 260.0, "height": 260.0},
+        "face_detected": True, "note": None,
+    }]})
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"attributes": {"Smiling": 2, "Male": -1, "Blond_Hair": 1}, "n": 4, "zeta": 1.0, "seed": 7}
+    ]})
+
+    attributes: dict[str, AttributeValue] = Field(
+        default_factory=dict,
+        description="attribute values by CelebA name; unspecified attributes take their majority value in the "
+        "model's training data (see GET /model)",
+    )
+    n: int = Field(4, ge=0, description="random faces besides the average face")
+    zeta: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="ε ~ N(0, ζ I) for z = z_mean + σ ⊙ ε")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="same seed, same faces; omitted: drawn and returned")
+
+    _finite = field_validator("attributes")(_finite)
+
+
+class GenerateResponse(BaseModel):
+    attributes: dict[str, float] = Field(description="the full attribute vector the faces were generated from")
+    seed: int
+    zeta: float
+    average_face: str = Field(description="base64 PNG decoded from the mean of q(z|w)")
+    faces: list[str] = Field(description="base64 PNGs decoded from z = z_mean + σ ⊙ ε")
+
+
+class EditChanges(BaseModel):
+    """The `changes` form field of POST /edit: attribute values that replace those predicted for the input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    changes: dict[str, AttributeValue]
+
+    _finite = field_validator("changes")(_finite)
+
+
+class EditResponse(BaseModel):
+    probabilities: dict[str, float] = Field(description="attributes predicted for the input face")
+    attributes: dict[str, float] = Field(description="w: the predicted attributes as -1/1")
+    edited_attributes: dict[str, float] = Field(description="w′: w with the changes applied")
+    box: Box
+    face_detected: bool
+    note: str | None = None
+    input_face: str = Field(description="base64 PNG: x, the 64×64 crop the model saw")
+    x_mean: str = Field(description="base64 PNG: the average face of w")
+    x_prime_mean: str = Field(description="base64 PNG: the average face of w′")
+    edited_face: str = Field(description="base64 PNG: x′ = x + x′_mean − x_mean, clipped to valid pixels")
+
+
+class ModelInfo(BaseModel):
+    checkpoint: str
+    device: str
+    inference_mode: str = Field(description="'kl': unimodal encoders (JMVAE-kl); 'zero': joint encoder with zeros")
+    attribute_names: list[str]
+    default_attributes: dict[str, float]
+    image_size: int
+    metadata: dict[str, object] = Field(description="the checkpoint's metadata")

@@ -1,0 +1,33 @@
+"""Service settings, read from JMVAE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JMVAE_", extra="ignore", frozen=True)
+
+    checkpoint: Path | None = Field(None, description="checkpoint file; unset serves the model shipped in the package")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch_size: int = Field(32, ge=1, description="largest merged forward pass; 1 turns batching off")
+    max_batch_wait_ms: float = Field(5.0, ge=0.0, description="how long a batch waits for company after its first item")
+    max_queue: int = Field(256, ge=1, description="items waiting per model path before requests get 503")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="width × height of an upload, checked before decoding")
+    max_faces: int = Field(16, ge=0, description="upper bound of n in POST /generate")
+    max_zeta: float = Field(4.0, gt=0.0, description="upper bound of zeta in POST /generate")
+    api_key: SecretStr | None = Field(None, description="when set, a bearer token required by all but health, readiness, metrics")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated origins")
+    warmup_batches: int = Field(3, ge=1, description="forward passes per model path before /readyz turns 200")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value

@@ -1,0 +1,328 @@
+"""The HTTP API over real HTTP: a real uvicorn server, the real app, a checkpoint from the real trainer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from service_support import image_bytes, running_server
+
+from jmvae.service.settings import Settings
+from jmvae.training.synthetic import render_faces, sample_attributes
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="module")
+def face_png() -> bytes:
+    rng = np.random.default_rng(0)
+    face = render_faces(sample_attributes(1, rng), rng, image_size=128)[0]
+    return image_bytes(face)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint: Path):
+    settings = Settings(checkpoint=tiny_checkpoint, max_batch_size=8, max_batch_wait_ms=30, max_upload_bytes=200_000,
+                        max_image_pixels=1_000_000, max_faces=6)
+    with running_server(settings) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server: str):
+    with httpx.Client(base_url=server, timeout=30) as c:
+        yield c
+
+
+def _png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def _error(response: httpx.Response, status: int, pattern: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+    assert re.search(pattern, body["detail"], re.IGNORECASE), body["detail"]
+
+
+# Operations -------------------------------------------------------------------------------------------------
+def test_health_model_and_openapi(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    info = client.get("/model").json()
+    assert len(info["attribute_names"]) == 40 and info["image_size"] == 32 and info["device"] == "cpu"
+    assert info["inference_mode"] == "kl" and info["metadata"]["format"] == "jmvae-checkpoint"
+    assert set(info["default_attributes"].values()) <= {-1.0, 1.0}
+    spec = client.get("/openapi.json").json()
+    for path in ("/attributes", "/generate", "/edit", "/healthz", "/readyz", "/model", "/metrics"):
+        assert path in spec["paths"], path
+    assert spec["components"]["schemas"]["GenerateRequest"]["examples"]
+
+
+# /attributes ------------------------------------------------------------------------------------------------
+def test_attributes_contract(client: httpx.Client, face_png: bytes) -> None:
+    r = client.post("/attributes", files={"image": ("face.png", face_png, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["probabilities"]) == 40 and all(0 <= p <= 1 for p in body["probabilities"].values())
+    assert body["present"] == [n for n, p in body["probabilities"].items() if p >= 0.5]
+    assert body["face_detected"] is True and body["note"] is None  # the cascade finds the drawn face
+    assert 0 < body["box"]["width"] < 128
+    again = client.post("/attributes", files={"image": ("face.png", face_png, "image/png")}).json()
+    assert again["probabilities"] == pytest.approx(body["probabilities"], abs=1e-6)
+
+
+def test_attributes_without_a_face_uses_a_centre_crop(client: httpx.Client) -> None:
+    flat = image_bytes(np.full((60, 90, 3), 200, np.uint8), "JPEG")
+    body = client.post("/attributes", files={"image": ("flat.jpg", flat, "image/jpeg")}).json()
+    assert body["face_detected"] is False and "centre crop" in body["note"]
+    assert len(body["probabilities"]) == 40
+
+
+# /generate --------------------------------------------------------------------------------------------------
+def test_generate_contract_and_seed(client: httpx.Client) -> None:
+    request = {"attributes": {"Smiling": 2, "Male": -1}, "n": 3, "zeta": 1.0, "seed": 7}
+    body = client.post("/generate", json=request).json()
+    assert body["seed"] == 7 and body["zeta"] == 1.0 and len(body["faces"]) == 3
+    assert body["attributes"]["Smiling"] == 2 and body["attributes"]["Male"] == -1 and len(body["attributes"]) == 40
+    faces = [_png(body["average_face"]), *map(_png, body["faces"])]
+    assert all(f.size == (32, 32) and f.mode == "RGB" for f in faces)
+    assert len({f.tobytes() for f in faces}) == 4  # random faces differ from the average and each other
+    assert client.post("/generate", json=request).json()["faces"] == body["faces"]  # same seed, same faces
+    other = client.post("/generate", json=request | {"seed": 8}).json()
+    assert other["faces"] != body["faces"] and other["average_face"] == body["average_face"]
+    unseeded = client.post("/generate", json={"n": 1}).json()
+    assert isinstance(unseeded["seed"], int)
+    replay = client.post("/generate", json={"n": 1, "seed": unseeded["seed"]}).json()
+    assert replay["faces"] == unseeded["faces"]
+
+
+def test_generate_zeta_zero_gives_the_average(client: httpx.Client) -> None:
+    body = client.post("/generate", json={"n": 2, "zeta": 0.0, "seed": 1}).json()
+    assert body["faces"] == [body["average_face"]] * 2
+
+
+def test_generate_png(client: httpx.Client) -> None:
+    single = client.post("/generate", json={"n": 0}, headers={"Accept": "image/png"})
+    assert single.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(single.content)).size == (32, 32)
+    grid = client.post("/generate", json={"n": 3, "seed": 1}, headers={"Accept": "image/png"})
+    assert Image.open(io.BytesIO(grid.content)).size[0] > 32 * 4  # average + 3 faces side by side
+    as_json = client.post("/generate", json={"n": 0}, headers={"Accept": "application/json, image/png;q=0.5"})
+    assert as_json.headers["content-type"] == "application/json"
+
+
+# /edit ------------------------------------------------------------------------------------------------------
+def test_edit_contract(client: httpx.Client, face_png: bytes) -> None:
+    r = client.post("/edit", files={"image": ("face.png", face_png, "image/png")},
+                    data={"changes": json.dumps({"Smiling": 2, "Eyeglasses": 1})})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["edited_attributes"]["Smiling"] == 2 and body["edited_attributes"]["Eyeglasses"] == 1
+    assert set(body["attributes"].values()) <= {-1.0, 1.0}
+    assert body["attributes"] == {n: (1.0 if p >= 0.5 else -1.0) for n, p in body["probabilities"].items()}
+    x, xm, xpm, edited = (np.asarray(_png(body[k]), np.int16)
+                          for k in ("input_face", "x_mean", "x_prime_mean", "edited_face"))
+    assert x.shape == edited.shape == (32, 32, 3)
+    np.testing.assert_array_equal(edited, np.clip(x + xpm - xm, 0, 255))  # x′ = x + x′_mean − x_mean
+    png = client.post("/edit", files={"image": ("face.png", face_png, "image/png")},
+                      data={"changes": '{"Smiling": 2, "Eyeglasses": 1}'}, headers={"Accept": "image/png"})
+    assert png.headers["content-type"] == "image/png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content)), np.int16), edited)
+
+
+# Bad input ------------------------------------------------------------------------------------------------
+def _bomb_png() -> bytes:
+    """A small PNG whose header claims 5000×5000 pixels (over the test limit of 1 M)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * (5000 * 3 + 1) * 5000, 9)
+    header = struct.pack(">IIBBBBB", 5000, 5000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def _animated_png() -> bytes:
+    frames = [Image.new("RGB", (40, 40), c) for c in ("red", "blue")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "payload, status, pattern",
+    [
+        (b"", 422, "empty"),
+        (b"this is not an image at all", 415, "image"),
+        (b"GIF89a" + b"\x00" * 100, 415, "image|format"),
+        ("truncated", 422, "truncated|corrupt|decode"),
+        ("bomb", 413, "pixels"),
+        ("animated", 422, "animated|frame"),
+        ("huge", 413, "bytes"),
+    ],
+    ids=["empty", "text", "gif", "truncated", "bomb", "animated", "huge"],
+)
+@pytest.mark.parametrize("endpoint", ["/attributes", "/edit"])
+def test_bad_images(client: httpx.Client, face_png: bytes, endpoint: str, payload, status: int, pattern: str) -> None:
+    if payload == "truncated":
+        payload = image_bytes(np.full((64, 64, 3), 128, np.uint8), "JPEG")[:300]
+    elif payload == "bomb":
+        payload = _bomb_png()
+        assert len(payload) < 100_000
+    elif payload == "animated":
+        payload = _animated_png()
+    elif payload == "huge":
+        payload = b"\xff\xd8" + bytes(400_000)
+    data = {"changes": "{}"} if endpoint == "/edit" else None
+    r = client.post(endpoint, files={"image": ("x.png", payload, "image/png")}, data=data)
+    _error(r, status, pattern)
+
+
+@pytest.mark.parametrize(
+    "body, pattern",
+    [
+        ({"attributes": {"Smilin": 1}}, "unknown attribute.*Smilin"),
+        ({"attributes": {"Smiling": 3}}, "Smiling.*less than or equal to 2"),
+        ({"attributes": {"Smiling": -2.5}}, "Smiling.*greater than or equal to -2"),
+        ({"attributes": {"Smiling": "yes"}}, "Smiling.*number"),
+        ({"attributes": ["Smiling"]}, "attributes.*dictionary"),
+        ({"n": -1}, "n.*greater than or equal to 0"),
+        ({"n": 7}, "n.*at most 6"),
+        ({"n": 1.5}, "n.*integer"),
+        ({"zeta": -0.1}, "zeta.*greater than or equal to 0"),
+        ({"zeta": 100}, "zeta.*at most"),
+        ({"seed": -1}, "seed"),
+        ({"unexpected": 1}, "unexpected.*not permitted"),
+    ],
+)
+def test_bad_generate_requests(client: httpx.Client, body: dict, pattern: str) -> None:
+    _error(client.post("/generate", json=body), 422, pattern)
+
+
+def test_bad_json_and_content_types(client: httpx.Client, face_png: bytes) -> None:
+    _error(client.post("/generate", content=b'{"n": NaN}', headers={"content-type": "application/json"}), 422, "")
+    _error(client.post("/generate", content=b'{"n": 1', headers={"content-type": "application/json"}), 422, "json")
+    _error(client.post("/generate", content=b"n=1", headers={"content-type": "text/plain"}), 422, "")
+    _error(client.post("/attributes", json={"image": "abc"}), 422, "image")
+    _error(client.post("/attributes", files={"picture": ("f.png", face_png, "image/png")}), 422, "image.*required")
+    files = {"image": ("f.png", face_png, "image/png")}
+    _error(client.post("/edit", files=files), 422, "changes.*required")
+    _error(client.post("/edit", files=files, data={"changes": "{nope"}), 422, "changes.*not valid JSON")
+    _error(client.post("/edit", files=files, data={"changes": '{"Smiling": 9}'}), 422, "Smiling.*less than")
+    _error(client.post("/edit", files=files, data={"changes": '{"Bogus": 1}'}), 422, "unknown attribute.*Bogus")
+    _error(client.post("/edit", files=files, data={"changes": "[1, 2]"}), 422, "changes.*dictionary")
+    _error(client.get("/nowhere"), 404, "not found")
+    _error(client.get("/generate"), 405, "method not allowed")
+
+
+# Batching ---------------------------------------------------------------------------------------------------
+def _histogram(metrics: str, name: str, path: str) -> tuple[float, float]:
+    count = float(re.search(rf'{name}_count{{path="{path}"}} (\S+)', metrics).group(1))
+    total = float(re.search(rf'{name}_sum{{path="{path}"}} (\S+)', metrics).group(1))
+    return count, total
+
+
+def test_concurrent_requests_share_a_batch(server: str, client: httpx.Client, face_png: bytes) -> None:
+    before = _histogram(client.get("/metrics").text, "jmvae_batch_size", "image")
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=server, timeout=30) as c:
+            responses = await asyncio.gather(*(
+                c.post("/attributes", files={"image": ("f.png", face_png, "image/png")}) for _ in range(16)
+            ))
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(burst()) == [200] * 16
+    metrics = client.get("/metrics").text
+    count, total = _histogram(metrics, "jmvae_batch_size", "image")
+    batches, items = count - before[0], total - before[1]
+    assert items == 16 and batches < 16, (batches, items)  # fewer forward passes than requests
+    assert 'jmvae_requests_total{endpoint="/attributes",method="POST",status="200"}' in metrics
+    assert 'jmvae_request_seconds_bucket{endpoint="/attributes",le="0.005",method="POST",status="200"}' in metrics
+    for name in ("jmvae_queue_wait_seconds_count", "jmvae_model_seconds_count", "jmvae_queue_depth",
+                 "jmvae_device_memory_bytes"):
+        assert name in metrics, name
+
+
+def test_full_queue_answers_503_with_retry_after(tiny_checkpoint: Path) -> None:
+    settings = Settings(checkpoint=tiny_checkpoint, max_batch_size=1, max_queue=1, max_faces=64)
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            return await asyncio.gather(*(c.post("/generate", json={"n": 64, "seed": i}) for i in range(24)))
+
+    with running_server(settings) as url:
+        responses = asyncio.run(burst(url))
+        metrics = httpx.get(f"{url}/metrics").text
+    statuses = sorted({r.status_code for r in responses})
+    assert statuses == [200, 503], statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "1"
+            _error(r, 503, "waiting")
+    rejected = float(re.search(r'jmvae_queue_rejections_total{path="attributes"} (\S+)', metrics).group(1))
+    assert rejected == sum(r.status_code == 503 for r in responses)
+
+
+# Authentication, readiness, start-up ---------------------------------------------------------------------------
+def test_api_key_is_enforced(tiny_checkpoint: Path) -> None:
+    with running_server(Settings(checkpoint=tiny_checkpoint, api_key=KEY)) as url, httpx.Client(base_url=url) as c:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert c.get(path).status_code == 200, path
+        _error(c.get("/model"), 401, "API key")
+        _error(c.post("/generate", json={"n": 0}), 401, "API key")
+        _error(c.post("/generate", json={"n": 0}, headers={"Authorization": "Bearer wrong"}), 401, "API key")
+        _error(c.post("/generate", json={"n": 0}, headers={"Authorization": f"Basic {KEY}"}), 401, "API key")
+        _error(c.get("/openapi.json"), 401, "API key")
+        ok = c.post("/generate", json={"n": 0}, headers={"Authorization": f"Bearer {KEY}"})
+        assert ok.status_code == 200
+        assert 'status="401"' in c.get("/metrics").text  # refusals are counted too
+
+
+def test_readyz_is_503_until_warm(tiny_checkpoint: Path) -> None:
+    settings = Settings(checkpoint=tiny_checkpoint, warmup_batches=400, max_batch_size=64)
+    with running_server(settings, wait_ready=False) as url, httpx.Client(base_url=url) as c:
+        first = c.get("/readyz")
+        _error(first, 503, "warming up")
+        assert first.headers["Retry-After"] == "1"
+        assert c.get("/healthz").status_code == 200
+        _error(c.post("/generate", json={"n": 0}), 503, "warming up")
+        import time
+
+        deadline = time.monotonic() + 120
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert c.post("/generate", json={"n": 0}).status_code == 200
+
+
+def test_cors(tiny_checkpoint: Path) -> None:
+    settings = Settings(checkpoint=tiny_checkpoint, cors_origins=["https://app.example"])
+    with running_server(settings) as url, httpx.Client(base_url=url) as c:
+        r = c.options("/generate", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        assert "access-control-allow-origin" not in c.get("/healthz", headers={"Origin": "https://evil.example"}).headers
+
+
+def test_env_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JMVAE_MAX_BATCH_SIZE", "1")
+    monkeypatch.setenv("JMVAE_CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("JMVAE_API_KEY", "hunter2-secret")
+    settings = Settings()
+    assert settings.max_batch_size == 1 and settings.cors_origins == ["https://a.example", "https://b.example"]
+    assert "hunter2" not in repr(settings)  # the key never shows up where settings are logged
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "hunter2-secret"
+    monkeypatch.setenv("JMVAE_MAX_BATCH_SIZE", "0")
+    with pytest.raises(ValueError):
+        Settings()
