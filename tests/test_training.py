@@ -107,6 +107,17 @@ def test_run_writes_checkpoints_metrics_and_config(reference_run: Path, capsys) 
     assert json.loads(capsys.readouterr().out)["step"] == 18
 
 
+def test_eval_command(reference_run: Path, capsys) -> None:
+    checkpoint = str(reference_run / "final.safetensors")
+    assert main(["eval", "--checkpoint", checkpoint, "--data", "synthetic", "--split", "val", "--k", "3",
+                 "--max-examples", "40", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["examples"] == 40 and "sums over all" in report["convention"]
+    for key in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w", "attr_acc_kl", "attr_acc_majority"):
+        assert isinstance(report[key], float), key
+    assert 0 <= report["attr_acc_kl"] <= 1
+
+
 def test_seeded_runs_are_reproducible(tmp_path: Path, tiny_toml: Path) -> None:
     for name in ("a", "b"):
         assert _train(tmp_path / name, tiny_toml, "--epochs", "1") == 0

@@ -68,6 +68,34 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from jmvae.model.checkpoint import load_model
+
+    from .config import SyntheticConfig, TrainConfig
+    from .data import load_dataset
+    from .evaluate import evaluate
+    from .trainer import resolve_device
+
+    model, meta = load_model(args.checkpoint, resolve_device(args.device))
+    saved = TrainConfig.model_validate(meta.training)
+    # The checkpoint's own preprocessing, so the data is cropped exactly as in training.
+    config = saved.model_copy(update={"data": args.data, "progress": not args.no_progress,
+                                      "cache_dir": args.cache_dir or saved.cache_dir,
+                                      "synthetic": SyntheticConfig(n_train=1, n_val=args.max_examples,
+                                                                   n_test=args.max_examples, seed=args.seed)})
+    dataset = load_dataset(config)
+    prevalence = np.array([meta.data["attribute_prevalence"][n] for n in meta.attribute_names])
+    metrics = evaluate(model, dataset.split(args.split), prevalence, meta.alpha, k=args.k, n_w=args.nw,
+                       max_examples=args.max_examples, seed=args.seed)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
+                      "examples": min(len(dataset.split(args.split)), args.max_examples),
+                      "convention": "nats per image; sums over all 3·S·S pixel values and all attributes"}
+                     | {k.removeprefix("val_"): v for k, v in metrics.items()}, indent=2, ensure_ascii=False))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     checkpoint = read_checkpoint(args.checkpoint)
     print(checkpoint.meta.model_dump_json(indent=2))
@@ -112,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     train.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last.safetensors")
     train.set_defaults(func=_train)
+
+    evaluation = commands.add_parser("eval", help="validation metrics of a checkpoint on a data split")
+    evaluation.add_argument("--checkpoint", type=Path, required=True)
+    evaluation.add_argument("--data", required=True, help="CelebA root or 'synthetic'")
+    evaluation.add_argument("--split", choices=["train", "val", "test"], default="val")
+    evaluation.add_argument("--k", type=int, default=10, help="importance samples of the bounds")
+    evaluation.add_argument("--nw", type=int, default=10, help="prior samples for log p(w)")
+    evaluation.add_argument("--max-examples", type=int, default=1000)
+    evaluation.add_argument("--seed", type=int, default=0)
+    evaluation.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    evaluation.add_argument("--cache-dir", type=Path)
+    evaluation.add_argument("--no-progress", action="store_true")
+    evaluation.set_defaults(func=_eval)
 
     info = commands.add_parser("info", help="validate a checkpoint and print its metadata")
     info.add_argument("checkpoint", type=Path)

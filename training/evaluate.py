@@ -37,7 +37,7 @@ def evaluate(
     sums: dict[str, float] = {}
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
-        x = normalise(torch.from_numpy(np.ascontiguousarray(split.images[rows])).to(device))
+        x = normalise(torch.from_numpy(np.array(split.images[rows])).to(device))  # a copy: the cache is read-only
         w = torch.from_numpy(split.attributes[rows]).to(device).float()
         terms = model(x, w, alpha=alpha, beta=1.0, generator=generator).as_floats()
         bounds = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)

@@ -148,7 +148,7 @@ class Trainer:
         if train.images.shape[1] != config.model.image_size:
             raise ValueError(f"images are {train.images.shape[1]} px, the model expects {config.model.image_size}")
         # Kept on the device as uint8 (2.5 GB for all of CelebA): batches are gathered there, no loader workers.
-        self.images = torch.from_numpy(np.ascontiguousarray(train.images)).to(device)
+        self.images = torch.from_numpy(np.array(train.images)).to(device)  # a copy: the cache is read-only
         self.attributes = torch.from_numpy(train.attributes).to(device).float()
         self.prevalence = (train.attributes > 0).mean(axis=0)
         self.steps_per_epoch = max(1, len(train) // config.batch_size)
