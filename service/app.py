@@ -325,10 +325,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         result = await engine.generate(GenerateJob(w, body.n, body.zeta, seed))
         if _wants_png(request):
             image = result.average if body.n == 0 else grid([result.average, *result.faces])
-            return Response(png_bytes(image), media_type="image/png")
+            return Response(await run_in_threadpool(png_bytes, image), media_type="image/png")
+        # PNG compression is CPU work: off the event loop, like decoding.
+        encoded = await run_in_threadpool(lambda: [png_base64(f) for f in [result.average, *result.faces]])
         return GenerateResponse(
             attributes=dict(zip(engine.attribute_names, map(float, w))), seed=seed, zeta=body.zeta,
-            average_face=png_base64(result.average), faces=[png_base64(f) for f in result.faces],
+            average_face=encoded[0], faces=encoded[1:],
         )
 
     @app.post("/edit", tags=["model"], summary="Face photo + attribute changes → edited face",
@@ -361,14 +363,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         delta = x_prime_mean.astype(np.int16) - x_mean.astype(np.int16)
         edited = np.clip(face.pixels.astype(np.int16) + delta, 0, 255).astype(np.uint8)
         if _wants_png(request):
-            return Response(png_bytes(edited), media_type="image/png")
+            return Response(await run_in_threadpool(png_bytes, edited), media_type="image/png")
+        images = await run_in_threadpool(lambda: [png_base64(i) for i in (face.pixels, x_mean, x_prime_mean, edited)])
         names = engine.attribute_names
         return EditResponse(
             probabilities=dict(zip(names, map(float, encoded.probabilities))),
             attributes=dict(zip(names, map(float, w))), edited_attributes=dict(zip(names, map(float, w_prime))),
             box=box(face), face_detected=face.detected, note=None if face.detected else NO_FACE_NOTE,
-            input_face=png_base64(face.pixels), x_mean=png_base64(x_mean), x_prime_mean=png_base64(x_prime_mean),
-            edited_face=png_base64(edited),
+            input_face=images[0], x_mean=images[1], x_prime_mean=images[2], edited_face=images[3],
         )
 
     return app

@@ -1,0 +1,25 @@
+"""The benchmark script runs end to end (its numbers are for people to read, not for tests to assert)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from service_support import image_bytes
+
+from jmvae.service.benchmark import ENDPOINTS, main
+from jmvae.training.synthetic import render_faces, sample_attributes
+
+
+def test_benchmark_runs_and_reports_every_cell(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    face = tmp_path / "face.jpg"
+    face.write_bytes(image_bytes(render_faces(sample_attributes(1, rng), rng, image_size=128)[0], "JPEG"))
+    assert main(["--image", str(face), "--checkpoint", str(tiny_checkpoint), "--seconds", "0.5", "--json"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{\n"):])
+    cells = {(r["endpoint"], r["clients"], r["batching"]) for r in report["rows"]}
+    assert {(e, c, "max 32") for e in ENDPOINTS for c in (1, 32)} <= cells
+    assert {(e, 32, "off (max 1)") for e in ENDPOINTS} <= cells
+    assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in report["rows"])
+    assert report["summary"]["in_process_images_s"] > 0
+    assert "| /attributes | 32 | max 32 |" in out
