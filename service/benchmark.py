@@ -102,8 +102,9 @@ async def _load(url: str, endpoint: str, image: bytes, clients: int, seconds: fl
             "p99_ms": float(np.percentile(ms, 99)), "errors": errors, "requests": len(latencies)}
 
 
-def _in_process(checkpoint: Path | None, image: bytes, batch_size: int, seconds: float) -> float:
-    """Images/s of decode → detect and crop → model → JSON, batch by batch, no HTTP."""
+def _in_process(checkpoint: Path | None, image: bytes, batch_size: int, seconds: float) -> dict[str, float]:
+    """The pipeline without HTTP: images/s of decode → detect and crop → model → JSON at `batch_size`, and
+    each stage's cost per image (which bounds what batching the model can gain end to end)."""
     from jmvae.model.checkpoint import load_model
     from jmvae.model.preprocess import normalise
     from jmvae.service.engine import DEFAULT_CHECKPOINT, resolve_device
@@ -115,17 +116,35 @@ def _in_process(checkpoint: Path | None, image: bytes, batch_size: int, seconds:
     device = resolve_device("auto")
     model, meta = load_model(checkpoint or DEFAULT_CHECKPOINT, device)
     detector = FaceDetector(meta.preprocessing)
+
+    def attributes(faces: list[np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            x = normalise(torch.from_numpy(np.stack(faces)).to(device))
+            z = model.infer(x=x, mode=meta.default_inference_mode).mean
+            return torch.sigmoid(model.decode_attributes(z)).cpu().numpy()
+
+    def per_image_ms(step: Any, items: int = 1, repeat: int = 20) -> float:
+        step()
+        started = time.perf_counter()
+        for _ in range(repeat):
+            step()
+        return (time.perf_counter() - started) / repeat / items * 1000
+
+    decoded = decode_upload(image, 40_000_000)
+    face = detector.crop(decoded).pixels
+    stages = {
+        "decode_ms": per_image_ms(lambda: decode_upload(image, 40_000_000)),
+        "detect_and_crop_ms": per_image_ms(lambda: detector.crop(decoded)),
+        "model_batch_1_ms": per_image_ms(lambda: attributes([face])),
+        f"model_batch_{batch_size}_ms": per_image_ms(lambda: attributes([face] * batch_size), batch_size, 5),
+    }
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         faces = [detector.crop(decode_upload(image, 40_000_000)).pixels for _ in range(batch_size)]
-        with torch.inference_mode():
-            x = normalise(torch.from_numpy(np.stack(faces)).to(device))
-            p = torch.sigmoid(model.decode_attributes(model.infer(x=x, mode=meta.default_inference_mode).mean))
-            p = p.cpu().numpy()
-        for row in p:
+        for row in attributes(faces):
             json.dumps({"probabilities": dict(zip(meta.attribute_names, map(float, row)))})
         done += batch_size
-    return done / (time.perf_counter() - started)
+    return {"images_per_s": done / (time.perf_counter() - started)} | stages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     batched = {"JMVAE_MAX_BATCH_SIZE": str(args.batch_size), "JMVAE_MAX_QUEUE": "1024"}
     run(batched, [(e, c) for e in ENDPOINTS for c in (1, 32)], f"max {args.batch_size}")
     run({"JMVAE_MAX_BATCH_SIZE": "1", "JMVAE_MAX_QUEUE": "1024"}, [(e, 32) for e in ENDPOINTS], "off (max 1)")
-    in_process = _in_process(args.checkpoint, image, args.batch_size, args.seconds)
-    print(f"in-process pipeline, batch {args.batch_size}: {in_process:.1f} images/s", flush=True)
+    pipeline = _in_process(args.checkpoint, image, args.batch_size, args.seconds)
+    in_process = pipeline["images_per_s"]
+    print(f"in-process pipeline, batch {args.batch_size}: {in_process:.1f} images/s; per image: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in pipeline.items() if k.endswith("_ms")), flush=True)
 
     def rate(endpoint: str, batching: str) -> float:
         return next(r["requests_per_s"] for r in rows
@@ -163,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "batching_speedup_32_clients": speedups,
         "in_process_images_s": in_process,
+        "in_process_stages": {k: v for k, v in pipeline.items() if k.endswith("_ms")},
         "http_share_of_in_process": batched_rate / in_process,
     }
     print("\n| endpoint | clients | batching | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")

@@ -22,4 +22,5 @@ def test_benchmark_runs_and_reports_every_cell(tmp_path: Path, tiny_checkpoint: 
     assert {(e, 32, "off (max 1)") for e in ENDPOINTS} <= cells
     assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in report["rows"])
     assert report["summary"]["in_process_images_s"] > 0
+    assert set(report["summary"]["in_process_stages"]) == {"decode_ms", "detect_and_crop_ms", "model_batch_1_ms", "model_batch_32_ms"}
     assert "| /attributes | 32 | max 32 |" in out
