@@ -65,6 +65,11 @@ class GenerateRequest(BaseModel):
 
 
 class GenerateResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "attributes": {"Smiling": 2.0, "Male": -1.0, "Young": 1.0}, "seed": 7, "zeta": 1.0,
+        "average_face": "iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAIAAAAlC+aJ...", "faces": ["iVBORw0KGgo..."],
+    }]})
+
     attributes: dict[str, float] = Field(description="the full attribute vector the faces were generated from")
     seed: int
     zeta: float
@@ -83,6 +88,14 @@ class EditChanges(BaseModel):
 
 
 class EditResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "probabilities": {"Smiling": 0.08, "Eyeglasses": 0.01}, "attributes": {"Smiling": -1.0, "Eyeglasses": -1.0},
+        "edited_attributes": {"Smiling": 2.0, "Eyeglasses": -1.0},
+        "box": {"left": 18.3, "top": 52.3, "width": 144.3, "height": 144.3}, "face_detected": True, "note": None,
+        "input_face": "iVBORw0KGgo...", "x_mean": "iVBORw0KGgo...", "x_prime_mean": "iVBORw0KGgo...",
+        "edited_face": "iVBORw0KGgo...",
+    }]})
+
     probabilities: dict[str, float] = Field(description="attributes predicted for the input face")
     attributes: dict[str, float] = Field(description="w: the predicted attributes as -1/1")
     edited_attributes: dict[str, float] = Field(description="w′: w with the changes applied")

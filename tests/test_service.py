@@ -326,3 +326,39 @@ def test_env_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JMVAE_MAX_BATCH_SIZE", "0")
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_serve_refuses_a_bad_checkpoint_with_one_line(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    from jmvae.training.cli import main
+
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    for path, reason in ((tmp_path / "missing.safetensors", "no such checkpoint"),
+                         (truncated, "not a readable safetensors file")):
+        assert main(["serve", "--checkpoint", str(path), "--port", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and reason in err and str(path) in err
+
+
+def test_app_start_fails_on_a_bad_checkpoint(tmp_path: Path) -> None:
+    from jmvae.model.checkpoint import CheckpointError
+    from jmvae.service.app import create_app
+
+    app = create_app(Settings(checkpoint=tmp_path / "nope.safetensors"))
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        asyncio.run(start())
+
+
+def test_default_model_ships_in_the_package() -> None:
+    from jmvae.model.checkpoint import load_model
+    from jmvae.service.engine import DEFAULT_CHECKPOINT
+
+    assert DEFAULT_CHECKPOINT.stat().st_size < 25 * 1024 * 1024
+    model, meta = load_model(DEFAULT_CHECKPOINT)
+    assert meta.model.image_size == 64 and len(meta.attribute_names) == 40 and meta.alpha == 0.1
+    assert (DEFAULT_CHECKPOINT.parent / "MODEL_CARD.md").exists()
