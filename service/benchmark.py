@@ -107,7 +107,8 @@ def _in_process(checkpoint: Path | None, image: bytes, batch_size: int, seconds:
     each stage's cost per image (which bounds what batching the model can gain end to end)."""
     from jmvae.model.checkpoint import load_model
     from jmvae.model.preprocess import normalise
-    from jmvae.service.engine import DEFAULT_CHECKPOINT, resolve_device
+    from jmvae.model.device import resolve_device
+    from jmvae.service.engine import DEFAULT_CHECKPOINT
     from jmvae.service.faces import FaceDetector
     from jmvae.service.images import decode_upload
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from jmvae.model.checkpoint import CheckpointMeta, load_model
+from jmvae.model.device import resolve_device
 from jmvae.model.jmvae import JMVAE
 from jmvae.model.preprocess import denormalise, normalise
 
@@ -22,14 +23,6 @@ from .metrics import ServiceMetrics
 from .settings import Settings
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "default_model" / "jmvae-default.safetensors"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("JMVAE_DEVICE=cuda, but torch sees no CUDA device")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 @dataclass(frozen=True)

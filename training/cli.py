@@ -29,10 +29,12 @@ def _train(args: argparse.Namespace) -> int:
     # Imported here so `jmvae --help` and `jmvae info` stay fast.
     import torch
 
+    from jmvae.model.device import resolve_device
+
     from .config import CONFIG_FILE, TrainConfig, load_config
     from .data import load_dataset
     from .distributed import init_distributed, shutdown_distributed
-    from .trainer import Trainer, TrainingInterrupted, resolve_device
+    from .trainer import Trainer, TrainingInterrupted
 
     run_dir: Path = args.out
     overrides = _train_overrides(args)
@@ -72,11 +74,11 @@ def _eval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from jmvae.model.checkpoint import load_model
+    from jmvae.model.device import resolve_device
 
     from .config import SyntheticConfig, TrainConfig
     from .data import load_dataset
     from .evaluate import evaluate
-    from .trainer import resolve_device
 
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
     saved = TrainConfig.model_validate(meta.training)

@@ -47,14 +47,6 @@ class TrainingInterrupted(Exception):
         self.signum = signum
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def step_seed(seed: int, rank: int, step: int) -> int:
     """The noise of step `step` on `rank`: a pure function of the position, so a resumed run draws the same
     noise as an uninterrupted one without saving generator state."""
