@@ -24,4 +24,20 @@ def test_evaluate_averages_exactly_the_first_max_examples(tiny_model: JMVAE) -> 
     expected = float(((logits > 0) == present).float().mean())
     assert abs(metrics["val_attr_acc_kl"] - expected) < 1e-6
     assert abs(metrics["val_attr_acc_majority"] - float((~present).float().mean())) < 1e-6
-    assert all(0.0 <= metrics[k] <= 1.0 for k in metrics if "acc" in k)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in metrics if "acc" in k or "auc" in k)
+
+
+def test_roc_auc_matches_the_pairwise_definition() -> None:
+    from jmvae.training.evaluate import roc_auc
+
+    rng = np.random.default_rng(1)
+    labels = rng.random((60, 3)) < 0.4
+    scores = np.round(rng.normal(size=(60, 3)) + labels, 1)  # rounded: ties must count one half
+    labels[:, 2] = True  # one class only: undefined
+    auc = roc_auc(scores, labels)
+    for j in range(2):
+        pos, neg = scores[labels[:, j], j], scores[~labels[:, j], j]
+        pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+        assert abs(auc[j] - pairs) < 1e-12
+    assert np.isnan(auc[2])
+    assert roc_auc(np.array([[0.1], [0.9]]), np.array([[False], [True]]))[0] == 1.0

@@ -118,6 +118,18 @@ def test_eval_command(reference_run: Path, capsys) -> None:
     assert 0 <= report["attr_acc_kl"] <= 1
 
 
+def test_hflip_changes_training_but_stays_reproducible(tmp_path: Path, tiny_toml: Path) -> None:
+    for name in ("a", "b"):
+        config = tmp_path / f"{name}.toml"
+        config.write_text("hflip = true\n" + TINY)  # top-level keys before the first [table]
+        assert _train(tmp_path / name, config, "--epochs", "1") == 0
+    _assert_same_weights(tmp_path / "a" / "final.safetensors", tmp_path / "b" / "final.safetensors")
+    flipped = _weights(tmp_path / "a" / "final.safetensors")["joint_encoder.head.linear.weight"]
+    plain_run = tmp_path / "plain"
+    assert _train(plain_run, tiny_toml, "--epochs", "1") == 0
+    assert not torch.equal(flipped, _weights(plain_run / "final.safetensors")["joint_encoder.head.linear.weight"])
+
+
 def test_seeded_runs_are_reproducible(tmp_path: Path, tiny_toml: Path) -> None:
     for name in ("a", "b"):
         assert _train(tmp_path / name, tiny_toml, "--epochs", "1") == 0

@@ -40,6 +40,7 @@ class TrainConfig(BaseModel):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = Field(20.0, ge=0.0, description="KL warm-up of the prior term, 0 → 1, linear per step")
+    hflip: bool = Field(False, description="flip a random half of each batch left-right (the paper did not)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")

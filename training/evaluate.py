@@ -26,8 +26,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Means over the first `max_examples` of `split` (nats; sums over all pixel values and attributes).
 
-    attr_acc_* is the mean over attributes of the accuracy of p(w|z) at the mean of q(z|x), for both ways of
-    inferring from the image alone; attr_acc_majority predicts each attribute's majority class in training.
+    attr_acc_* and attr_auc_* are means over attributes of the accuracy and ROC AUC of p(w|z) at the mean of
+    q(z|x), for both ways of inferring from the image alone (the AUC over attributes with both classes present);
+    attr_acc_majority predicts each attribute's majority class in training.
     """
     was_training = model.training
     model.eval()
@@ -35,6 +36,7 @@ def evaluate(
     generator = torch.Generator(device=device).manual_seed(seed)
     n = min(len(split), max_examples)
     sums: dict[str, float] = {}
+    scores: dict[str, list[np.ndarray]] = {"kl": [], "zero": []}
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
         x = normalise(torch.from_numpy(np.array(split.images[rows])).to(device))  # a copy: the cache is read-only
@@ -48,9 +50,34 @@ def evaluate(
         for mode in ("kl", "zero"):
             logits = model.decode_attributes(model.infer(x=x, mode=mode).mean)
             batch[f"val_attr_acc_{mode}"] = float(((logits > 0) == present).float().mean())
+            scores[mode].append(logits.float().cpu().numpy())
         majority = torch.from_numpy(train_prevalence >= 0.5).to(device)
         batch["val_attr_acc_majority"] = float((majority == present).float().mean())
         for name, value in batch.items():
             sums[name] = sums.get(name, 0.0) + value * len(x)
     model.train(was_training)
-    return {name: total / n for name, total in sums.items()} if n else {}
+    if not n:
+        return {}
+    metrics = {name: total / n for name, total in sums.items()}
+    labels = split.attributes[:n] > 0
+    for mode, parts in scores.items():
+        aucs = roc_auc(np.concatenate(parts), labels)
+        metrics[f"val_attr_auc_{mode}"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
+    return metrics
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """ROC AUC per column, as the Mann–Whitney U statistic with tied scores given their average rank; NaN where
+    a column has only one class."""
+    out = np.full(scores.shape[1], np.nan)
+    for j in range(scores.shape[1]):
+        positive = labels[:, j].astype(bool)
+        n_pos = int(positive.sum())
+        n_neg = len(positive) - n_pos
+        if n_pos == 0 or n_neg == 0:
+            continue
+        _, inverse, counts = np.unique(scores[:, j], return_inverse=True, return_counts=True)
+        ends = np.cumsum(counts)
+        ranks = ((ends - counts + 1 + ends) / 2.0)[inverse]
+        out[j] = (ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return out

@@ -267,6 +267,9 @@ class Trainer:
                 group["lr"] = learning_rate(config, self.step, self.total_steps)
             beta = kl_weight(config, self.step, self.steps_per_epoch)
             generator.manual_seed(step_seed(config.seed, ctx.rank, self.step))
+            if config.hflip:  # no CelebA attribute is left- or right-sided, so a mirrored face keeps its labels
+                flip = torch.rand(len(x), generator=generator, device=self.device) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext())
             with autocast:
                 terms = model(x, w, alpha=config.alpha, beta=beta, generator=generator)
