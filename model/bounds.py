@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .baselines import CVAE, VAE
 from .distributions import DiagGaussian, standard_normal_log_prob
 from .jmvae import JMVAE
 
@@ -86,3 +87,30 @@ def importance_weighted_bounds(
     log_pxw = _iw_logmeanexp(k, samples_per_chunk, weights(q_joint, with_w=True))
     log_pw = _iw_logmeanexp(n_w, max(1, chunk), prior_attribute_weights)
     return Bounds(log_px_multiple, log_px_single, log_pxw, log_pw, log_pxw - log_pw)
+
+
+@torch.inference_mode()
+def vae_log_px(model: VAE, x: torch.Tensor, k: int = 10, chunk: int = DEFAULT_CHUNK,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """The VAE baseline's importance-weighted log p(x) with q(z|x), shape (N,)."""
+    q = model.image_encoder(x)
+
+    def draw(c: int) -> torch.Tensor:
+        z = q.rsample(c, generator=generator)
+        mean = model.image_decoder(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], *x.shape[1:])
+        return model.image_likelihood(x, mean) + standard_normal_log_prob(z) - q.log_prob(z)
+
+    return _iw_logmeanexp(k, max(1, chunk // x.shape[0]), draw)
+
+
+@torch.inference_mode()
+def cvae_log_px_given_w(model: CVAE, x: torch.Tensor, w: torch.Tensor, k: int = 10, chunk: int = DEFAULT_CHUNK,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """The CVAE baseline's importance-weighted log p(x|w) with q(z|x,w), shape (N,)."""
+    q = model.encoder(x, w)
+
+    def draw(c: int) -> torch.Tensor:
+        z = q.rsample(c, generator=generator)
+        return model.image_likelihood(x, model.decode_image(z, w)) + standard_normal_log_prob(z) - q.log_prob(z)
+
+    return _iw_logmeanexp(k, max(1, chunk // x.shape[0]), draw)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .baselines import Model, create_model
 from .config import ModelConfig
 from .jmvae import JMVAE
 from .preprocess import Preprocessing
@@ -148,14 +149,14 @@ def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
     return Checkpoint(meta, model_state, state, state_json)
 
 
-def build_model(checkpoint: Checkpoint, path: Path | str = "checkpoint") -> JMVAE:
-    """A JMVAE with the checkpoint's weights, in eval mode, on the weights' device."""
+def build_model(checkpoint: Checkpoint, path: Path | str = "checkpoint") -> Model:
+    """The checkpoint's model (JMVAE, or a VAE/CVAE baseline) with its weights, in eval mode, on their device."""
     meta = checkpoint.meta
     if len(meta.attribute_names) != meta.model.n_attributes:
         raise CheckpointError(
             f"{path}: {len(meta.attribute_names)} attribute names for a model of {meta.model.n_attributes}"
         )
-    model = JMVAE(meta.model)
+    model = create_model(meta.model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(checkpoint.model_state))
     unexpected = sorted(set(checkpoint.model_state) - set(expected))
@@ -173,7 +174,7 @@ def build_model(checkpoint: Checkpoint, path: Path | str = "checkpoint") -> JMVA
     return model.to(device).eval()
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[JMVAE, CheckpointMeta]:
+def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[Model, CheckpointMeta]:
     """The model of a checkpoint file, ready for inference on `device`."""
     checkpoint = read_checkpoint(path, device)
     return build_model(checkpoint, path), checkpoint.meta
@@ -190,6 +191,14 @@ def export_checkpoint(source: Path, target: Path, dtype: torch.dtype = torch.flo
     }
     save_checkpoint(target, Checkpoint(checkpoint.meta, state))
     return read_checkpoint(target).meta
+
+
+def load_jmvae(path: Path, device: str | torch.device = "cpu") -> tuple[JMVAE, CheckpointMeta]:
+    """Like load_model, for readers that need the joint model itself (the service), not a baseline."""
+    model, meta = load_model(path, device)
+    if not isinstance(model, JMVAE):
+        raise CheckpointError(f"{path}: holds a {meta.model.kind.upper()} baseline, not a JMVAE")
+    return model, meta
 
 
 def _one_line(e: Exception) -> str:

@@ -41,6 +41,25 @@ class ObjectiveTerms:
                 ("loss", "log_px", "log_pw", "kl_prior", "kl_image", "kl_attributes")} | {"elbo": float(self.elbo.detach())}
 
 
+class ImageLikelihood(nn.Module):
+    """The Gaussian p(x|z) on pixels in [0, 1], with a fixed σ or one learned per pixel value (bounded below)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.min_log_sigma = math.log(config.min_image_sigma)
+        log_sigma = torch.full((3, config.image_size, config.image_size), math.log(config.image_sigma))
+        if config.image_likelihood == "gaussian-learned":
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma, persistent=False)
+
+    def forward(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over the 3·S·S pixel values; mean broadcasts against x over leading dims."""
+        log_sigma = self.log_sigma.float().clamp(min=self.min_log_sigma)
+        z2 = ((x.float() - mean.float()) * torch.exp(-log_sigma)) ** 2
+        return -0.5 * (LOG_2PI + 2.0 * log_sigma + z2).flatten(-3).sum(-1)
+
+
 class JMVAE(nn.Module):
     """Joint encoder q(z|x,w), unimodal encoders q(z|x) and q(z|w), decoders p(x|z) and p(w|z), prior N(0, I).
 
@@ -56,11 +75,7 @@ class JMVAE(nn.Module):
         self.attribute_encoder = AttributeEncoder(config)
         self.image_decoder = ImageDecoder(config)
         self.attribute_decoder = AttributeDecoder(config)
-        log_sigma = torch.full((3, config.image_size, config.image_size), math.log(config.image_sigma))
-        if config.image_likelihood == "gaussian-learned":
-            self.image_log_sigma = nn.Parameter(log_sigma)
-        else:
-            self.register_buffer("image_log_sigma", log_sigma, persistent=False)
+        self.image_likelihood = ImageLikelihood(config)
 
     # Inference -------------------------------------------------------------------------------------------
     def q_joint(self, x: torch.Tensor, w: torch.Tensor) -> DiagGaussian:
@@ -105,9 +120,7 @@ class JMVAE(nn.Module):
     # Likelihoods (summed over all values, float32) --------------------------------------------------------
     def image_log_likelihood(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over the 3·S·S pixel values; mean broadcasts against x over leading dims."""
-        log_sigma = self.image_log_sigma.float().clamp(min=math.log(self.config.min_image_sigma))
-        z2 = ((x.float() - mean.float()) * torch.exp(-log_sigma)) ** 2
-        return -0.5 * (LOG_2PI + 2.0 * log_sigma + z2).flatten(-3).sum(-1)
+        return self.image_likelihood(x, mean)
 
     @staticmethod
     def attribute_log_likelihood(w: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

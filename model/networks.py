@@ -92,14 +92,15 @@ class JointEncoder(nn.Module):
 
 
 class ImageDecoder(nn.Module):
-    """z → mean of p(x|z), (N, 3, S, S) in (0, 1): the encoder's layers mirrored with transposed convolutions."""
+    """z → mean of p(x|z), (N, 3, S, S) in (0, 1): the encoder's layers mirrored with transposed convolutions.
+    `extra_inputs` widens the input for a conditional decoder p(x|z,w), which gets concat(z, w)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, extra_inputs: int = 0) -> None:
         super().__init__()
         channels = config.conv_channels
         self.shape = (channels[-1], config.feature_size, config.feature_size)
         self.dense = nn.Sequential(
-            _dense(config.latent_dim, config.dense_units),
+            _dense(config.latent_dim + extra_inputs, config.dense_units),
             _dense(config.dense_units, channels[-1] * config.feature_size**2),
         )
         layers: list[nn.Module] = []

@@ -105,7 +105,7 @@ async def _load(url: str, endpoint: str, image: bytes, clients: int, seconds: fl
 def _in_process(checkpoint: Path | None, image: bytes, batch_size: int, seconds: float) -> dict[str, float]:
     """The pipeline without HTTP: images/s of decode → detect and crop → model → JSON at `batch_size`, and
     each stage's cost per image (which bounds what batching the model can gain end to end)."""
-    from jmvae.model.checkpoint import load_model
+    from jmvae.model.checkpoint import load_jmvae
     from jmvae.model.preprocess import normalise
     from jmvae.model.device import resolve_device
     from jmvae.service.engine import DEFAULT_CHECKPOINT
@@ -115,7 +115,7 @@ def _in_process(checkpoint: Path | None, image: bytes, batch_size: int, seconds:
     import torch
 
     device = resolve_device("auto")
-    model, meta = load_model(checkpoint or DEFAULT_CHECKPOINT, device)
+    model, meta = load_jmvae(checkpoint or DEFAULT_CHECKPOINT, device)
     detector = FaceDetector(meta.preprocessing)
 
     def attributes(faces: list[np.ndarray]) -> np.ndarray:

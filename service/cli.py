@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from jmvae.model.checkpoint import CheckpointError, build_model, read_checkpoint
+from jmvae.model.checkpoint import CheckpointError, load_jmvae
 
 from .engine import DEFAULT_CHECKPOINT
 
@@ -16,7 +16,7 @@ def serve(checkpoint: Path | None, host: str, port: int, workers: int) -> int:
 
     path = checkpoint or Path(os.environ.get("JMVAE_CHECKPOINT") or DEFAULT_CHECKPOINT)
     try:
-        build_model(read_checkpoint(path), path)  # fail here, once, with one line, not in every worker
+        load_jmvae(path)  # fail here, once, with one line, not in every worker
     except CheckpointError as e:
         print(f"jmvae serve: {e}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jmvae.model.checkpoint import CheckpointMeta, load_model
+from jmvae.model.checkpoint import CheckpointMeta, load_jmvae
 from jmvae.model.device import resolve_device
 from jmvae.model.jmvae import JMVAE
 from jmvae.model.preprocess import denormalise, normalise
@@ -85,7 +85,7 @@ class Engine:
         """Loads and validates the checkpoint; raises CheckpointError with a one-line reason."""
         device = resolve_device(settings.device)
         checkpoint = settings.checkpoint or DEFAULT_CHECKPOINT
-        model, meta = load_model(checkpoint, device)
+        model, meta = load_jmvae(checkpoint, device)
         return cls(model, meta, checkpoint, device, settings, metrics)
 
     @property

@@ -82,13 +82,13 @@ def test_learned_sigma_is_a_parameter_with_a_floor(batch) -> None:
     config = ModelConfig(image_size=16, conv_channels=(8, 16), dense_units=32, attribute_units=16, latent_dim=6,
                          image_likelihood="gaussian-learned", image_sigma=0.2, min_image_sigma=0.05)
     model = JMVAE(config)
-    assert "image_log_sigma" in dict(model.named_parameters())
+    assert "image_likelihood.log_sigma" in dict(model.named_parameters())
     x, _ = batch
     with torch.no_grad():
-        model.image_log_sigma.fill_(math.log(1e-6))
+        model.image_likelihood.log_sigma.fill_(math.log(1e-6))
     floor = Normal(x, 0.05).log_prob(x).sum(dim=(1, 2, 3))
     torch.testing.assert_close(model.image_log_likelihood(x, x), floor)
-    assert "image_log_sigma" not in dict(JMVAE(config.model_copy(update={"image_likelihood": "gaussian-fixed"}))
+    assert "image_likelihood.log_sigma" not in dict(JMVAE(config.model_copy(update={"image_likelihood": "gaussian-fixed"}))
                                          .named_parameters())
 
 

@@ -21,6 +21,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data": args.data, "epochs": args.epochs, "alpha": args.alpha, "device": args.device, "seed": args.seed,
         "batch_size": args.batch_size, "lr": args.lr, "cache_dir": args.cache_dir, "workers": args.workers,
         "compile": args.compile, "progress": False if args.no_progress else None,
+        "model": {"kind": args.model} if args.model else None,
     }
     return {k: v for k, v in pairs.items() if v is not None}
 
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="TOML or JSON file of TrainConfig fields")
     train.add_argument("--epochs", type=int)
     train.add_argument("--alpha", type=float, help="JMVAE-kl weight α; 0 trains plain JMVAE")
+    train.add_argument("--model", choices=["jmvae", "vae", "cvae"],
+                       help="JMVAE (default), or the paper's VAE / CVAE baseline on the same networks")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"])
     train.add_argument("--seed", type=int)
     train.add_argument("--batch-size", type=int)

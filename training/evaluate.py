@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from jmvae.model.bounds import importance_weighted_bounds
+from jmvae.model.baselines import CVAE, VAE, Model
+from jmvae.model.bounds import cvae_log_px_given_w, importance_weighted_bounds, vae_log_px
 from jmvae.model.jmvae import JMVAE
 from jmvae.model.preprocess import normalise
 
@@ -14,7 +15,7 @@ from .data import FaceArrays
 
 @torch.inference_mode()
 def evaluate(
-    model: JMVAE,
+    model: Model,
     split: FaceArrays,
     train_prevalence: np.ndarray,
     alpha: float,
@@ -26,7 +27,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Means over the first `max_examples` of `split` (nats; sums over all pixel values and attributes).
 
-    attr_acc_* and attr_auc_* are means over attributes of the accuracy and ROC AUC of p(w|z) at the mean of
+    A VAE baseline gets its objective and log p(x) (q(z|x)); a CVAE baseline its objective and log p(x|w).
+    For a JMVAE, all bounds, and attr_acc_* and attr_auc_*: means over attributes of the accuracy and ROC AUC of p(w|z) at the mean of
     q(z|x), for both ways of inferring from the image alone (the AUC over attributes with both classes present);
     attr_acc_majority predicts each attribute's majority class in training.
     """
@@ -42,8 +44,16 @@ def evaluate(
         x = normalise(torch.from_numpy(np.array(split.images[rows])).to(device))  # a copy: the cache is read-only
         w = torch.from_numpy(split.attributes[rows]).to(device).float()
         terms = model(x, w, alpha=alpha, beta=1.0, generator=generator).as_floats()
-        bounds = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)
         batch = {f"val_{name}": value for name, value in terms.items() if name != "loss"}
+        if isinstance(model, VAE):
+            batch["val_log_px_single"] = float(vae_log_px(model, x, k=k, generator=generator).mean())
+        elif isinstance(model, CVAE):
+            batch["val_log_px_given_w"] = float(cvae_log_px_given_w(model, x, w, k=k, generator=generator).mean())
+        if not isinstance(model, JMVAE):
+            for name, value in batch.items():
+                sums[name] = sums.get(name, 0.0) + value * len(x)
+            continue
+        bounds = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)
         batch |= {f"val_{name}": float(getattr(bounds, name).mean()) for name in
                   ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w")}
         present = w > 0
@@ -61,6 +71,8 @@ def evaluate(
     metrics = {name: total / n for name, total in sums.items()}
     labels = split.attributes[:n] > 0
     for mode, parts in scores.items():
+        if not parts:  # a baseline: no attribute decoder
+            continue
         aucs = roc_auc(np.concatenate(parts), labels)
         metrics[f"val_attr_auc_{mode}"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
     return metrics

@@ -26,7 +26,7 @@ from jmvae.model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from jmvae.model.jmvae import JMVAE
+from jmvae.model.baselines import create_model
 from jmvae.model.preprocess import normalise
 
 from .config import CONFIG_FILE, TrainConfig
@@ -149,7 +149,7 @@ class Trainer:
         self.autocast = self._autocast_dtype()
 
         torch.manual_seed(config.seed)
-        self.model = JMVAE(config.model).to(device)
+        self.model = create_model(config.model).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=config.adam_betas)
         self.epoch = 0  # completed epochs
         self.step = 0  # optimiser steps taken
