@@ -24,12 +24,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jmvae.model.render import grid, png_bytes
+
 from .batching import QueueFull
 from .engine import Engine, GenerateJob
 from .faces import FaceCrop, FaceDetector
 from .images import ImageRejected, decode_upload
 from .metrics import ServiceMetrics
-from .render import grid, png_base64, png_bytes
+from .render import png_base64
 from .schemas import (
     AttributesResponse,
     Box,

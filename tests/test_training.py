@@ -210,3 +210,28 @@ def test_ddp_two_gloo_processes(tmp_path: Path, tiny_toml: Path) -> None:
     assert train and all(r["processes"] == 2 for r in train) and train[-1]["step"] == 6
     model, meta = load_model(out / "final.safetensors")
     assert meta.step == 6
+
+
+def test_eval_report_writes_every_key_and_figure(reference_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main(["eval", "--checkpoint", str(reference_run / "final.safetensors"), "--data", "synthetic",
+                 "--k", "2", "--nw", "2", "--max-examples", "40", "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["units"] == "nats per image" and "summed over all" in metrics["convention"]
+    for key in ("log_p_x_multiple", "log_p_x_single", "log_p_x_given_w", "log_p_xw", "attr_acc_mean",
+                "attr_auc_mean", "majority_acc_mean", "attr_auc/Smiling", "attr_acc/Male"):
+        assert isinstance(metrics[key], float), key
+    from PIL import Image
+
+    def pixels(figure: str) -> np.ndarray:
+        with Image.open(out / figure) as image:
+            return np.asarray(image.convert("RGB"))
+
+    for figure in ("fig1a_attribute_faces.png", "fig2_edit.png"):
+        colours = np.unique(pixels(figure).reshape(-1, 3), axis=0)
+        assert len(colours) > 10, figure  # faces, not a blank canvas
+    pca_colours = {tuple(c) for c in np.unique(pixels("fig1b_latent_pca.png").reshape(-1, 3), axis=0)}
+    assert {(200, 40, 40), (40, 80, 200)} <= pca_colours  # points with and without the attribute
+    assert pixels("fig2_edit.png").shape[1] == 2 * (4 * 32 + 3 * 2)  # x, x_mean, x′_mean, x′
+    report = (out / "report.md").read_text()
+    assert "fig1a_attribute_faces.png" in report and "| attr_auc_mean |" in report and "| Eyeglasses |" in report

@@ -76,10 +76,12 @@ def _eval(args: argparse.Namespace) -> int:
 
     from jmvae.model.checkpoint import load_model
     from jmvae.model.device import resolve_device
+    from jmvae.model.jmvae import JMVAE
 
     from .config import SyntheticConfig, TrainConfig
     from .data import load_dataset
     from .evaluate import evaluate
+    from .report import write_report
 
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
     saved = TrainConfig.model_validate(meta.training)
@@ -89,6 +91,14 @@ def _eval(args: argparse.Namespace) -> int:
                                       "synthetic": SyntheticConfig(n_train=1, n_val=args.max_examples,
                                                                    n_test=args.max_examples, seed=args.seed)})
     dataset = load_dataset(config)
+    if args.out is not None:
+        if not isinstance(model, JMVAE):
+            raise ValueError("--out writes the JMVAE report and figures; baselines print their metrics only")
+        report = write_report(model, meta, dataset.split(args.split), args.out, k=args.k, n_w=args.nw,
+                              max_examples=args.max_examples, seed=args.seed)
+        print(json.dumps({"out": str(args.out)} | {k: v for k, v in report.items() if "/" not in k}, indent=2,
+                         ensure_ascii=False))
+        return 0
     prevalence = np.array([meta.data["attribute_prevalence"][n] for n in meta.attribute_names])
     metrics = evaluate(model, dataset.split(args.split), prevalence, meta.alpha, k=args.k, n_w=args.nw,
                        max_examples=args.max_examples, seed=args.seed)
@@ -157,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     evaluation.add_argument("--cache-dir", type=Path)
     evaluation.add_argument("--no-progress", action="store_true")
+    evaluation.add_argument("--out", type=Path, help="write metrics.json, report.md and the figures here")
     evaluation.set_defaults(func=_eval)
 
     info = commands.add_parser("info", help="validate a checkpoint and print its metadata")

@@ -1,0 +1,28 @@
+"""Faces out as pictures: PNG bytes and grids (used by the service and by evaluation reports)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 → PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def grid(images: list[np.ndarray], columns: int = 8, gap: int = 2) -> np.ndarray:
+    """Equal-sized (S, S, 3) images row-major on a white background, `gap` pixels apart."""
+    columns = max(1, min(columns, len(images)))
+    rows = math.ceil(len(images) / columns)
+    size = images[0].shape[0]
+    out = np.full((rows * size + (rows - 1) * gap, columns * size + (columns - 1) * gap, 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        out[r * (size + gap) : r * (size + gap) + size, c * (size + gap) : c * (size + gap) + size] = image
+    return out
