@@ -11,6 +11,12 @@ from .jmvae import JMVAE, ImageLikelihood, ObjectiveTerms
 from .networks import ImageDecoder, ImageEncoder, JointEncoder
 
 
+def _image_elbo_terms(log_px: torch.Tensor, kl: torch.Tensor, beta: float) -> ObjectiveTerms:
+    """A baseline's −ELBO in JMVAE's terms: no attribute likelihood and no unimodal KL terms."""
+    zero = torch.zeros((), device=kl.device)
+    return ObjectiveTerms((-(log_px - beta * kl)).mean(), log_px.mean(), zero, kl.mean(), zero, zero)
+
+
 class VAE(nn.Module):
     """q(z|x), p(x|z), p(z) = N(0, I): a model of images alone."""
 
@@ -26,10 +32,7 @@ class VAE(nn.Module):
         """−ELBO of log p(x), β on the KL; w and α are accepted for a common trainer interface and ignored."""
         q = self.image_encoder(x)
         log_px = self.image_likelihood(x, self.image_decoder(q.rsample(generator=generator)))
-        kl = q.kl_standard_normal()
-        zero = torch.zeros_like(kl)
-        return ObjectiveTerms((-(log_px - beta * kl)).mean(), log_px.mean(), zero.mean(), kl.mean(), zero.mean(),
-                              zero.mean())
+        return _image_elbo_terms(log_px, q.kl_standard_normal(), beta)
 
 
 class CVAE(nn.Module):
@@ -54,10 +57,7 @@ class CVAE(nn.Module):
         """−ELBO of log p(x|w), β on the KL; α is accepted for a common trainer interface and ignored."""
         q = self.encoder(x, w)
         log_px = self.image_likelihood(x, self.decode_image(q.rsample(generator=generator), w))
-        kl = q.kl_standard_normal()
-        zero = torch.zeros_like(kl)
-        return ObjectiveTerms((-(log_px - beta * kl)).mean(), log_px.mean(), zero.mean(), kl.mean(), zero.mean(),
-                              zero.mean())
+        return _image_elbo_terms(log_px, q.kl_standard_normal(), beta)
 
 
 Model = JMVAE | VAE | CVAE
