@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -30,6 +31,7 @@ from .batching import QueueFull
 from .engine import Engine, GenerateJob
 from .faces import FaceCrop, FaceDetector
 from .images import ImageRejected, decode_upload
+from .logs import RequestContext
 from .metrics import ServiceMetrics
 from .render import png_base64
 from .schemas import (
@@ -164,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         engine = Engine.load(settings, metrics)  # a bad checkpoint stops the start here
         detector = FaceDetector(engine.meta.preprocessing)
+        logger.info("loaded %s on %s (%s inference)", engine.checkpoint.name, engine.device, engine.mode)
         await engine.start()
         warm_up = asyncio.create_task(engine.warm_up())
         warm_up.add_done_callback(_report_warm_up_failure)
@@ -183,17 +186,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     # Middleware, innermost first (each one added wraps the ones before): auth, CORS (so that 401s carry CORS
-    # headers), the body limit, then metrics around everything so refusals are counted too.
+    # headers), the body limit, metrics around those so refusals are counted too, and outermost the request id
+    # and access log, so every log line a request causes carries its id.
     if settings.api_key is not None:
-        expected = settings.api_key.get_secret_value().encode()
+        # Digests of equal length, so compare_digest's time reveals neither how much of a guess was right nor the
+        # key's length.
+        expected = hashlib.sha256(settings.api_key.get_secret_value().encode()).digest()
 
         @app.middleware("http")
         async def authenticate(request: Request, call_next: Any) -> Response:
             if request.url.path in OPEN_PATHS or request.method == "OPTIONS":
                 return await call_next(request)
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            # compare_digest: the time taken does not reveal how much of a guessed key was right.
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            offered = hashlib.sha256(token.strip().encode()).digest()
+            if not hmac.compare_digest(offered, expected) or scheme.lower() != "bearer":
                 return _error(401, "unauthorized", "a valid API key is required as 'Authorization: Bearer <key>'",
                               {"WWW-Authenticate": "Bearer"})
             return await call_next(request)
@@ -214,6 +220,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _endpoint(app, request.scope), request.method, response.status_code, time.perf_counter() - started
         )
         return response
+
+    app.add_middleware(RequestContext)
 
     # Errors: always JSON {"error", "detail"}, never a bare 500 for bad input.
     @app.exception_handler(RequestValidationError)

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from collections.abc import Iterator
@@ -44,13 +45,16 @@ def _server(checkpoint: Path | None, env: dict[str, str]) -> Iterator[str]:
     cmd = [sys.executable, "-m", "jmvae.training.cli", "serve", "--port", str(port)]
     if checkpoint:
         cmd += ["--checkpoint", str(checkpoint)]
-    proc = subprocess.Popen(cmd, env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A file, not a pipe: the access log would fill an unread pipe and stall the server.
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, env=os.environ | env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+                log.seek(0)
+                raise RuntimeError(f"server exited: {log.read().decode()[-2000:]}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
@@ -63,6 +67,7 @@ def _server(checkpoint: Path | None, env: dict[str, str]) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        log.close()
 
 
 def _request(endpoint: str, image: bytes) -> dict[str, Any]:

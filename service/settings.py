@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="when set, a bearer token required by all but health, readiness, metrics")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated origins")
     warmup_batches: int = Field(3, ge=1, description="forward passes per model path before /readyz turns 200")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per line, for log collectors")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
