@@ -1,5 +1,6 @@
 """The paper's Table 1 baselines on the same networks as JMVAE: a VAE of images, and a CVAE of images given
-attributes; and `create_model`, which builds whichever a config names."""
+attributes; the attribute classifier that scores generated faces; and `create_model`, which builds whichever a
+config names."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .jmvae import JMVAE, ImageLikelihood, ObjectiveTerms
-from .networks import ImageDecoder, ImageEncoder, JointEncoder
+from .networks import ConvFeatures, ImageDecoder, ImageEncoder, JointEncoder
 
 
 def _image_elbo_terms(log_px: torch.Tensor, kl: torch.Tensor, beta: float) -> ObjectiveTerms:
@@ -60,8 +61,28 @@ class CVAE(nn.Module):
         return _image_elbo_terms(log_px, q.kl_standard_normal(), beta)
 
 
-Model = JMVAE | VAE | CVAE
+class AttributeClassifier(nn.Module):
+    """p(w|x) directly, on JMVAE's conv tower: the judge of whether generated faces show their attributes."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.features = ConvFeatures(config)
+        self.head = nn.Linear(config.dense_units, config.n_attributes)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).float()
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, alpha: float = 0.0, beta: float = 1.0,
+                generator: torch.Generator | None = None) -> ObjectiveTerms:
+        """−log p(w|x) as the loss, reported as log_pw; the other terms are zero (no latent variable)."""
+        log_pw = JMVAE.attribute_log_likelihood(w, self.logits(x))
+        zero = torch.zeros((), device=x.device)
+        return ObjectiveTerms(-log_pw.mean(), zero, log_pw.mean(), zero, zero, zero)
+
+
+Model = JMVAE | VAE | CVAE | AttributeClassifier
 
 
 def create_model(config: ModelConfig) -> Model:
-    return {"jmvae": JMVAE, "vae": VAE, "cvae": CVAE}[config.kind](config)
+    return {"jmvae": JMVAE, "vae": VAE, "cvae": CVAE, "classifier": AttributeClassifier}[config.kind](config)

@@ -15,8 +15,9 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # "jmvae" is the model of the paper; "vae" (images only) and "cvae" (images given attributes) are its Table 1
-    # baselines, built from the same networks.
-    kind: Literal["jmvae", "vae", "cvae"] = "jmvae"
+    # baselines, built from the same networks; "classifier" (image → attributes, the same conv tower) scores the
+    # attributes of generated faces (coherence).
+    kind: Literal["jmvae", "vae", "cvae", "classifier"] = "jmvae"
     image_size: int = Field(64, ge=8)
     n_attributes: int = Field(40, ge=1)
     latent_dim: int = Field(128, ge=1)

@@ -83,7 +83,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .report import write_report
 
-    model, meta = load_model(args.checkpoint, resolve_device(args.device))
+    device = resolve_device(args.device)
+    model, meta = load_model(args.checkpoint, device)
     saved = TrainConfig.model_validate(meta.training)
     # The checkpoint's own preprocessing, so the data is cropped exactly as in training.
     config = saved.model_copy(update={"data": args.data, "progress": not args.no_progress,
@@ -94,8 +95,17 @@ def _eval(args: argparse.Namespace) -> int:
     if args.out is not None:
         if not isinstance(model, JMVAE):
             raise ValueError("--out writes the JMVAE report and figures; baselines print their metrics only")
+        extras = {}
+        for flag, kind in (("classifier", "classifier"), ("vae", "vae"), ("cvae", "cvae")):
+            path = getattr(args, flag)
+            if path is not None:
+                extras[flag], extra_meta = load_model(path, device)
+                if extra_meta.model.kind != kind or extra_meta.model.image_size != meta.model.image_size:
+                    raise ValueError(f"--{flag} {path}: a {extra_meta.model.kind} at {extra_meta.model.image_size} px, "
+                                     f"expected a {kind} at {meta.model.image_size} px")
         report = write_report(model, meta, dataset.split(args.split), args.out, k=args.k, n_w=args.nw,
-                              max_examples=args.max_examples, seed=args.seed)
+                              max_examples=args.max_examples, seed=args.seed, classifier=extras.get("classifier"),
+                              baselines=tuple(extras[b] for b in ("vae", "cvae") if b in extras))
         print(json.dumps({"out": str(args.out)} | {k: v for k, v in report.items() if "/" not in k}, indent=2,
                          ensure_ascii=False))
         return 0
@@ -143,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="TOML or JSON file of TrainConfig fields")
     train.add_argument("--epochs", type=int)
     train.add_argument("--alpha", type=float, help="JMVAE-kl weight α; 0 trains plain JMVAE")
-    train.add_argument("--model", choices=["jmvae", "vae", "cvae"],
-                       help="JMVAE (default), or the paper's VAE / CVAE baseline on the same networks")
+    train.add_argument("--model", choices=["jmvae", "vae", "cvae", "classifier"],
+                       help="JMVAE (default), the paper's VAE / CVAE baseline on the same networks, or the attribute "
+                            "classifier that `jmvae eval --classifier` scores generated faces with")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"])
     train.add_argument("--seed", type=int)
     train.add_argument("--batch-size", type=int)
@@ -168,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--cache-dir", type=Path)
     evaluation.add_argument("--no-progress", action="store_true")
     evaluation.add_argument("--out", type=Path, help="write metrics.json, report.md and the figures here")
+    evaluation.add_argument("--classifier", type=Path, help="with --out: a `--model classifier` checkpoint that "
+                            "scores generated faces (coherence_auc_mean)")
+    evaluation.add_argument("--vae", type=Path, help="with --out: a VAE baseline for Table 1")
+    evaluation.add_argument("--cvae", type=Path, help="with --out: a CVAE baseline for Table 1")
     evaluation.set_defaults(func=_eval)
 
     info = commands.add_parser("info", help="validate a checkpoint and print its metadata")

@@ -9,13 +9,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from jmvae.model.baselines import CVAE, VAE, AttributeClassifier
 from jmvae.model.checkpoint import CheckpointMeta
 from jmvae.model.jmvae import JMVAE
 from jmvae.model.preprocess import denormalise, normalise
 from jmvae.model.render import grid
 
 from .data import FaceArrays
-from .evaluate import evaluate, roc_auc
+from .evaluate import coherence, evaluate, roc_auc
 
 CONVENTION = (
     "log-likelihoods in nats per image, summed over all 3·S·S pixel values and all attributes (the paper's code "
@@ -31,12 +32,22 @@ _RENAMED = {"log_px_multiple": "log_p_x_multiple", "log_px_single": "log_p_x_sin
 
 
 def write_report(model: JMVAE, meta: CheckpointMeta, split: FaceArrays, out: Path, k: int = 10, n_w: int = 10,
-                 max_examples: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Writes out/metrics.json, out/report.md and the figures; returns the flat metrics."""
+                 max_examples: int = 1000, seed: int = 0, classifier: AttributeClassifier | None = None,
+                 baselines: tuple[VAE | CVAE, ...] = ()) -> dict[str, float]:
+    """Writes out/metrics.json, out/report.md and the figures; returns the flat metrics. With a classifier, the
+    coherence of generation; with VAE/CVAE baselines, their bounds on the same examples (Table 1 side by side)."""
     out.mkdir(parents=True, exist_ok=True)
     prevalence = np.array([meta.data["attribute_prevalence"][n] for n in meta.attribute_names])
     raw = evaluate(model, split, prevalence, meta.alpha, k=k, n_w=n_w, max_examples=max_examples, seed=seed)
     metrics = {_RENAMED.get(key[4:], key[4:]): value for key, value in raw.items()}
+    for baseline in baselines:
+        scores = evaluate(baseline, split, prevalence, 0.0, k=k, max_examples=max_examples, seed=seed)
+        if isinstance(baseline, VAE):
+            metrics["vae_log_p_x"] = scores["val_log_px_single"]
+        else:
+            metrics["cvae_log_p_x_given_w"] = scores["val_log_px_given_w"]
+    if classifier is not None:
+        metrics |= coherence(model, classifier, split, max_examples)
     n = min(len(split), max_examples)
     x = normalise(torch.from_numpy(np.array(split.images[:n])))
     labels = split.attributes[:n] > 0
@@ -59,6 +70,10 @@ def write_report(model: JMVAE, meta: CheckpointMeta, split: FaceArrays, out: Pat
     _save(out / "fig2_edit.png", _edit_pipeline(model, x[:6], names))
     (out / "report.md").write_text(_markdown(meta, metrics, names))
     return metrics
+
+
+def _cell(metrics: dict[str, float], key: str) -> str:
+    return f"{metrics[key]:.1f}" if key in metrics else "not evaluated"
 
 
 def _save(path: Path, image: np.ndarray) -> None:
@@ -123,8 +138,22 @@ def _markdown(meta: CheckpointMeta, metrics: dict[str, float], names: list[str])
         "| metric | value |", "| --- | --- |",
     ]
     for key in ("log_p_x_multiple", "log_p_x_single", "log_p_xw", "log_p_x_given_w", "elbo", "attr_acc_mean",
-                "attr_auc_mean", "majority_acc_mean", "attr_acc_mean_zero", "attr_auc_mean_zero"):
-        lines.append(f"| {key} | {metrics[key]:.4g} |")
+                "attr_auc_mean", "majority_acc_mean", "attr_acc_mean_zero", "attr_auc_mean_zero", "vae_log_p_x",
+                "cvae_log_p_x_given_w", "coherence_auc_mean", "coherence_acc_mean", "classifier_auc_mean",
+                "classifier_acc_mean"):
+        if key in metrics:
+            lines.append(f"| {key} | {metrics[key]:.4g} |")
+    lines += ["", "Table 1 of the paper, on these examples (— where a model does not define the quantity):", "",
+              "| model | log p(x) | log p(x\\|w) |", "| --- | --- | --- |",
+              f"| VAE | {_cell(metrics, 'vae_log_p_x')} | — |",
+              f"| CVAE | — | {_cell(metrics, 'cvae_log_p_x_given_w')} |",
+              f"| JMVAE-kl, q(z\\|x,w) (multiple) | {_cell(metrics, 'log_p_x_multiple')} | "
+              f"{_cell(metrics, 'log_p_x_given_w')} |",
+              f"| JMVAE-kl, q(z\\|x) (single) | {_cell(metrics, 'log_p_x_single')} | — |"]
+    if "coherence_auc_mean" in metrics:
+        lines += ["", f"Coherence: average faces generated from each example's attributes, scored by the package's "
+                  f"attribute classifier: mean ROC AUC {metrics['coherence_auc_mean']:.3f} (the classifier on the real "
+                  f"images of the same examples: {metrics['classifier_auc_mean']:.3f})."]
     lines += ["", "| attribute | accuracy | ROC AUC |", "| --- | --- | --- |"]
     lines += [f"| {n} | {metrics[f'attr_acc/{n}']:.3f} | {metrics[f'attr_auc/{n}']:.3f} |" for n in names]
     lines += [

@@ -313,5 +313,6 @@ class Trainer:
         if self.config.progress:
             tqdm.write(f"epoch {self.epoch}: " + ", ".join(
                 f"{k[4:]}={v:.4g}" for k, v in self.metrics.items()
-                if k in ("val_elbo", "val_log_pxw", "val_log_px_single", "val_attr_acc_kl", "val_attr_acc_majority")
+                if k in ("val_elbo", "val_log_pxw", "val_log_px_single", "val_attr_acc_kl", "val_attr_auc_kl",
+                         "val_attr_auc_classifier", "val_attr_acc_majority")
             ))
