@@ -1,0 +1,53 @@
+"""The shipped default model: its model card's numbers are what `jmvae eval` measures.
+
+Needs the CelebA subset the card was measured on (../shared/datasets/celeba-subset next to the checkout, or
+JMVAE_CELEBA_DIR); CelebA cannot ship with the project, so without it the test skips and says why.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from jmvae.service.engine import DEFAULT_CHECKPOINT
+from jmvae.training.cli import main
+
+CARD = DEFAULT_CHECKPOINT.parent / "MODEL_CARD.md"
+DATA = Path(os.environ.get("JMVAE_CELEBA_DIR", Path(__file__).resolve().parents[2] / "shared/datasets/celeba-subset"))
+# Card row label → key printed by `jmvae eval`, and the tolerance: the bounds are importance-sampled (seeded, but
+# the card may have been measured on another machine), the attribute scores are deterministic.
+ROWS = {
+    "log p(x), proposal q(z\\|x,w)": ("log_px_multiple", 2.0),
+    "log p(x), proposal q(z\\|x)": ("log_px_single", 2.0),
+    "log p(x, w)": ("log_pxw", 2.0),
+    "log p(x\\|w)": ("log_px_given_w", 2.0),
+    "image → attributes accuracy, q(z\\|x) (JMVAE-kl)": ("attr_acc_kl", 0.0015),
+    "image → attributes accuracy, joint encoder with zeros (JMVAE-zero)": ("attr_acc_zero", 0.0015),
+    "majority-class baseline": ("attr_acc_majority", 0.0015),
+    "image → attributes ROC AUC, mean over the 40, q(z\\|x)": ("attr_auc_kl", 0.0015),
+    "image → attributes ROC AUC, mean over the 40, JMVAE-zero": ("attr_auc_zero", 0.0015),
+}
+
+
+def _card_numbers() -> dict[str, float]:
+    found = dict(re.findall(r"^\| (.+?) \| (-?[\d.]+) \|$", CARD.read_text(), re.MULTILINE))
+    missing = set(ROWS) - set(found)
+    assert not missing, f"the model card lacks rows {missing}"
+    return {ROWS[label][0]: float(found[label]) for label in ROWS}
+
+
+def test_card_lists_every_number() -> None:
+    assert len(_card_numbers()) == len(ROWS)
+
+
+@pytest.mark.skipif(not (DATA / "list_attr_celeba.txt").is_file(), reason=f"CelebA subset not found at {DATA}")
+def test_model_card_numbers_are_reproduced_by_jmvae_eval(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(DATA), "--split", "val",
+                 "--max-examples", "100000", "--no-progress"]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    assert measured["examples"] == 780
+    for label, (key, tolerance) in ROWS.items():
+        card = _card_numbers()[key]
+        assert abs(measured[key] - card) <= tolerance, f"{label}: card {card}, measured {measured[key]:.4f}"
