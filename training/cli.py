@@ -22,6 +22,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size, "lr": args.lr, "cache_dir": args.cache_dir, "workers": args.workers,
         "compile": args.compile, "progress": False if args.no_progress else None,
         "model": {"kind": args.model} if args.model else None,
+        "gan": {} if args.gan else None,  # merged into a [gan] table of --config, or GanConfig's defaults
     }
     return {k: v for k, v in pairs.items() if v is not None}
 
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=["jmvae", "vae", "cvae", "classifier"],
                        help="JMVAE (default), the paper's VAE / CVAE baseline on the same networks, or the attribute "
                             "classifier that `jmvae eval --classifier` scores generated faces with")
+    train.add_argument("--gan", action="store_true",
+                       help="add the paper's GAN combination: a discriminator against decoded faces (see [gan] in "
+                            "the config for its weight and learning rate)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"])
     train.add_argument("--seed", type=int)
     train.add_argument("--batch-size", type=int)

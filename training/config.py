@@ -24,6 +24,18 @@ class SyntheticConfig(BaseModel):
     seed: int = Field(0, description="seed of the generated data, independent of the training seed")
 
 
+class GanConfig(BaseModel):
+    """The paper's GAN combination (jmvae.model.gan): a discriminator against decoded faces, trained alongside."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The JMVAE loss is summed over 12,288 pixel values (thousands of nats per image); the adversarial loss is one
+    # value per face, so it needs a weight of that order to move the decoder at all.
+    weight: float = Field(100.0, gt=0.0, description="γ: weight of the decoder's adversarial loss (nats per face)")
+    lr: float = Field(2e-4, gt=0.0, description="the discriminator's Adam learning rate")
+    adam_betas: tuple[float, float] = (0.5, 0.999)
+
+
 class TrainConfig(BaseModel):
     """Every knob of a training run; saved as RUN_DIR/config.json and into each checkpoint."""
 
@@ -41,6 +53,7 @@ class TrainConfig(BaseModel):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = Field(20.0, ge=0.0, description="KL warm-up of the prior term, 0 → 1, linear per step")
     hflip: bool = Field(False, description="flip a random half of each batch left-right (the paper did not)")
+    gan: GanConfig | None = Field(None, description="train with a discriminator (VAE-GAN style), as the paper did")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
@@ -55,6 +68,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.gan is not None and self.model.kind != "jmvae":
+            raise ValueError(f"gan trains a JMVAE's decoder against a discriminator; model.kind is {self.model.kind}")
         if self.preprocessing.image_size != self.model.image_size:
             raise ValueError(
                 f"preprocessing.image_size {self.preprocessing.image_size} != model.image_size {self.model.image_size}"

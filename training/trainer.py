@@ -27,6 +27,7 @@ from jmvae.model.checkpoint import (
     save_checkpoint,
 )
 from jmvae.model.baselines import create_model
+from jmvae.model.gan import Discriminator, discriminator_loss, generator_terms
 from jmvae.model.preprocess import normalise
 
 from .config import CONFIG_FILE, TrainConfig
@@ -66,24 +67,28 @@ def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return min(1.0, step / (steps_per_epoch * config.warmup_epochs))
 
 
-def _optimizer_to_checkpoint(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_to_checkpoint(optimizer: torch.optim.Optimizer, prefix: str = "optimizer"
+                             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, entries in state["state"].items():
         for key, value in entries.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value
+                tensors[f"{prefix}.{index}.{key}"] = value
             else:
                 scalars.setdefault(str(index), {})[key] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
 def _optimizer_from_checkpoint(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict[str, Any]
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict[str, Any],
+    prefix: str = "optimizer",
 ) -> None:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
+        if not name.startswith(f"{prefix}."):
+            continue
         _, index, key = name.split(".", 2)
         state.setdefault(int(index), {})[key] = value
     for index, entries in saved["scalars"].items():
@@ -151,6 +156,14 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = create_model(config.model).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=config.adam_betas)
+        self.discriminator: Discriminator | None = None
+        if config.gan is not None:
+            # The adversarial pass reaches the decoder outside DDP's forward, which DDP cannot reduce correctly.
+            if self.ctx.enabled:
+                raise ValueError("--gan trains in one process; run it without torchrun")
+            self.discriminator = Discriminator(config.model).to(device)
+            self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.gan.lr,
+                                                betas=config.gan.adam_betas)
         self.epoch = 0  # completed epochs
         self.step = 0  # optimiser steps taken
         self.metrics: dict[str, float] = {}
@@ -184,6 +197,9 @@ class Trainer:
         if with_state:
             tensors, state_json = _optimizer_to_checkpoint(self.optimizer)
             state_json |= {"epoch": self.epoch, "step": self.step}
+            if self.discriminator is not None:  # training state only: serving needs no discriminator
+                d_tensors, state_json["discriminator"] = _optimizer_to_checkpoint(self.d_optimizer, "d_optimizer")
+                tensors |= d_tensors | {f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()}
         save_checkpoint(path, Checkpoint(self._meta(), self.model.state_dict(), tensors, state_json))
         return path
 
@@ -197,6 +213,11 @@ class Trainer:
             raise CheckpointError(f"{path}: was trained on other data (content key {saved_key})")
         self.model.load_state_dict(checkpoint.model_state)
         _optimizer_from_checkpoint(self.optimizer, checkpoint.state_tensors, checkpoint.state_json)
+        if self.discriminator is not None:
+            self.discriminator.load_state_dict({k.removeprefix("discriminator."): v for k, v in
+                                                checkpoint.state_tensors.items() if k.startswith("discriminator.")})
+            _optimizer_from_checkpoint(self.d_optimizer, checkpoint.state_tensors, checkpoint.state_json["discriminator"],
+                                       "d_optimizer")
         self.epoch = checkpoint.state_json["epoch"]
         self.step = checkpoint.state_json["step"]
         self.metrics = dict(checkpoint.meta.metrics)
@@ -252,6 +273,8 @@ class Trainer:
         first = self.step - self.epoch * self.steps_per_epoch
         generator = torch.Generator(device=self.device)
         model.train()
+        if self.discriminator is not None:
+            self.discriminator.train()
         bar = tqdm(
             total=self.steps_per_epoch, initial=first, desc=f"epoch {self.epoch + 1}/{config.epochs}",
             disable=not (config.progress and ctx.is_main), dynamic_ncols=True, leave=False,
@@ -273,11 +296,19 @@ class Trainer:
             autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext())
             with autocast:
                 terms = model(x, w, alpha=config.alpha, beta=beta, generator=generator)
+                adversarial = (generator_terms(self.model, self.discriminator, w, generator)
+                               if self.discriminator is not None else None)
+            loss = terms.loss
+            if adversarial is not None and config.gan is not None:
+                loss = loss + config.gan.weight * adversarial.generator_loss
             self.optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
+            loss.backward()
             self.optimizer.step()
-            self.step += 1
             values = terms.as_floats()
+            if adversarial is not None:
+                values |= {"g_adv": float(adversarial.generator_loss.detach()), **self._discriminator_step(
+                    x, adversarial.fakes.detach(), autocast)}
+            self.step += 1
             if not math.isfinite(values["loss"]):
                 raise FloatingPointError(f"loss became {values['loss']} at step {self.step}; lower --lr?")
             for name, value in values.items():
@@ -298,6 +329,15 @@ class Trainer:
                 return True
         bar.close()
         return False
+
+    def _discriminator_step(self, real: torch.Tensor, fakes: torch.Tensor, autocast: Any) -> dict[str, float]:
+        assert self.discriminator is not None
+        with autocast:
+            loss, logs = discriminator_loss(self.discriminator, real, fakes)
+        self.d_optimizer.zero_grad(set_to_none=True)  # also drops what the decoder's adversarial loss left here
+        loss.backward()
+        self.d_optimizer.step()
+        return logs
 
     def _validate(self) -> None:
         val = self.dataset.split("val")

@@ -1,0 +1,104 @@
+"""The paper's GAN combination: the discriminator's terms, and `jmvae train --gan` end to end with exact resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from jmvae.model.checkpoint import read_checkpoint
+from jmvae.model.config import ModelConfig
+from jmvae.model.gan import Discriminator, discriminator_loss, generator_terms
+from jmvae.model.jmvae import JMVAE
+from jmvae.training.cli import main
+
+CONFIG = """
+batch_size = 50
+warmup_epochs = 1
+val_k = 2
+val_n_w = 2
+val_max_examples = 50
+log_every = 1
+progress = false
+[model]
+image_size = 32
+latent_dim = 8
+conv_channels = [8, 16, 16]
+dense_units = 32
+attribute_units = 16
+[preprocessing]
+image_size = 32
+[synthetic]
+n_train = 150
+n_val = 50
+n_test = 0
+[gan]
+weight = 50.0
+"""
+
+
+def test_adversarial_terms_reach_the_decoder_and_the_discriminator(tiny_config: ModelConfig, batch) -> None:
+    torch.manual_seed(0)
+    model, discriminator = JMVAE(tiny_config), Discriminator(tiny_config)
+    x, w = batch
+    terms = generator_terms(model, discriminator, w, torch.Generator().manual_seed(0))
+    assert terms.fakes.shape == (2 * len(w), *x.shape[1:])  # one face from q(z|w), one from p(z), per example
+    terms.generator_loss.backward()
+    assert all(p.grad is not None for p in model.image_decoder.parameters())
+    assert all(p.grad is None for p in model.image_encoder.parameters())  # images are not encoded here
+    loss, logs = discriminator_loss(discriminator, x, terms.fakes.detach())
+    assert set(logs) == {"d_loss", "d_real", "d_fake"} and 0 < logs["d_real"] < 1
+    torch.testing.assert_close(loss, torch.tensor(logs["d_loss"]))
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gan") / "gan.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def _train(out: Path, config: Path, *extra: str) -> int:
+    return main(["train", "--data", "synthetic", "--out", str(out), "--config", str(config), "--gan", *extra])
+
+
+def test_gan_training_logs_the_discriminator_and_resumes_exactly(tmp_path: Path, config: Path) -> None:
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert _train(whole, config, "--epochs", "2") == 0
+    assert _train(split, config, "--epochs", "1") == 0
+    assert main(["train", "--out", str(split), "--epochs", "2", "--resume", "--gan"]) == 0
+
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert all({"d_loss", "d_real", "d_fake", "g_adv"} <= set(r) for r in train)
+    assert json.loads((whole / "config.json").read_text())["gan"]["weight"] == 50.0
+
+    # The run's state carries the discriminator; the served weights do not.
+    last, final = read_checkpoint(whole / "last.safetensors"), read_checkpoint(whole / "final.safetensors")
+    assert any(k.startswith("discriminator.") for k in last.state_tensors)
+    assert any(k.startswith("d_optimizer.") for k in last.state_tensors)
+    assert not any("discriminator" in k for k in final.model_state)
+
+    # Stopping after epoch 1 and resuming reproduces the uninterrupted run, discriminator included.
+    resumed = read_checkpoint(split / "last.safetensors")
+    for name, value in last.model_state.items():
+        assert torch.equal(value, resumed.model_state[name]), name
+    for name, value in last.state_tensors.items():
+        assert torch.equal(value, resumed.state_tensors[name]), name
+
+
+def test_gan_changes_the_decoder(tmp_path: Path, config: Path) -> None:
+    plain = tmp_path / "plain.toml"
+    plain.write_text(CONFIG.split("[gan]")[0])
+    assert main(["train", "--data", "synthetic", "--out", str(tmp_path / "plain"), "--config", str(plain),
+                 "--epochs", "1"]) == 0
+    assert _train(tmp_path / "gan", config, "--epochs", "1") == 0
+    a = read_checkpoint(tmp_path / "plain" / "final.safetensors").model_state
+    b = read_checkpoint(tmp_path / "gan" / "final.safetensors").model_state
+    decoder = [k for k in a if k.startswith("image_decoder.") and a[k].is_floating_point()]
+    assert any(not torch.equal(a[k], b[k]) for k in decoder)
+
+
+def test_gan_needs_a_jmvae(tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _train(tmp_path / "vae", config, "--epochs", "1", "--model", "vae") != 0
+    assert "gan trains a JMVAE's decoder" in capsys.readouterr().err
