@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -25,15 +26,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jmvae.model.render import grid, png_bytes
+from jmvae.model.render import grid
 
 from .batching import QueueFull
+from .bodies import StandardJSONRoute, parse_json, read_form
 from .engine import Engine, GenerateJob
 from .faces import FaceCrop, FaceDetector
 from .images import ImageRejected, decode_upload
 from .logs import RequestContext
 from .metrics import ServiceMetrics
-from .render import png_base64
+from .render import IMAGE_MEDIA_TYPES, encode_image, png_base64
 from .schemas import (
     AttributesResponse,
     Box,
@@ -47,7 +49,12 @@ from .schemas import (
 from .settings import Settings
 
 logger = logging.getLogger("jmvae.service")
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
+# The web page and its assets load without a key: the page itself asks for the key and sends it to the API.
+OPEN_PREFIXES = ("/static/",)
+STATIC = Path(__file__).parent / "static"
+# The page loads nothing from elsewhere (it must work offline); images arrive as data: URLs, the photo as a blob:.
+PAGE_CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'"
 # Multipart framing around the image: boundaries, part headers and the small `changes` field.
 MULTIPART_OVERHEAD = 64 * 1024
 NO_FACE_NOTE = "no face found; a centre crop of the image was used"
@@ -60,7 +67,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         503: "not ready yet, or the queue is full: retry after Retry-After seconds",
     }.items()
 }
-PNG_RESPONSE: dict[str, Any] = {"content": {"image/png": {}}, "description": "JSON by default; one PNG with Accept: image/png"}
+IMAGE_RESPONSE: dict[str, Any] = {
+    "content": {media: {} for media in IMAGE_MEDIA_TYPES},
+    "description": "JSON by default; one image with Accept: image/png (lossless), image/jpeg or image/webp (quality 90)",
+}
+IMAGE_PART: dict[str, Any] = {"type": "string", "format": "binary",
+                              "description": "a JPEG, PNG or WebP photo with one face"}
+CHANGES_PART: dict[str, Any] = {"type": "string", "description": 'JSON object of attribute values, e.g. {"Smiling": 2}',
+                                "examples": ['{"Smiling": 2, "Eyeglasses": 1}']}
+
+
+def _multipart(**parts: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a form read by `read_form`: FastAPI documents only bodies it reads itself."""
+    schema = {"type": "object", "properties": parts, "required": list(parts), "additionalProperties": False}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
 class ServiceUnavailable(Exception):
@@ -81,13 +101,17 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
 def _validation_message(errors: list[Any]) -> str:
     parts = []
     for e in errors[:5]:
+        if e.get("type") == "json_invalid":  # FastAPI's msg is "JSON decode error"; the reason is in ctx
+            parts.append(f"body: not valid JSON ({e['ctx']['error']})")
+            continue
         location = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",)) or "body"
         parts.append(f"{location}: {e.get('msg', 'invalid')}")
     return "; ".join(parts)
 
 
-def _wants_png(request: Request) -> bool:
-    """True when the client ranks image/png above JSON in Accept."""
+def _image_type(request: Request) -> str | None:
+    """The image type the client ranks highest in Accept when it ranks it at least as high as JSON, else None
+    (answer JSON); equal ranks go to PNG, then JPEG, then WebP."""
     ranked: dict[str, float] = {}
     for part in request.headers.get("accept", "").split(","):
         media, *params = [p.strip() for p in part.split(";")]
@@ -99,8 +123,9 @@ def _wants_png(request: Request) -> bool:
                 except ValueError:
                     q = 0.0
         ranked[media.lower()] = q
-    png = ranked.get("image/png", 0.0)
-    return png > 0 and png >= ranked.get("application/json", 0.0)
+    best = max(IMAGE_MEDIA_TYPES, key=lambda media: ranked.get(media, 0.0))  # max keeps the first of equals
+    q = ranked.get(best, 0.0)
+    return best if q > 0 and q >= ranked.get("application/json", 0.0) else None
 
 
 def _endpoint(app: FastAPI, scope: Scope) -> str:
@@ -127,7 +152,6 @@ class BodyLimit:
             await self._refuse(scope, receive, send)
             return
         seen = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal seen
@@ -135,27 +159,21 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(scope, receive, send)
+        await self.app(scope, counting_receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _error(413, "payload_too_large", f"request body over {self.max_bytes} bytes")
-        await response(scope, receive, send)
+        await _error(413, "payload_too_large", BodyTooLarge(self.max_bytes).detail)(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(StarletteHTTPException):
+    """Raised into the app by BodyLimit's receive, and answered by the app's handler. An HTTPException because
+    FastAPI turns any other error raised while it reads a JSON body into a 400."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body over {max_bytes} bytes")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -184,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.router.route_class = StandardJSONRoute  # every route declared below reads JSON bodies strictly
 
     # Middleware, innermost first (each one added wraps the ones before): auth, CORS (so that 401s carry CORS
     # headers), the body limit, metrics around those so refusals are counted too, and outermost the request id
@@ -195,7 +214,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         @app.middleware("http")
         async def authenticate(request: Request, call_next: Any) -> Response:
-            if request.url.path in OPEN_PATHS or request.method == "OPTIONS":
+            path = request.url.path
+            if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or request.method == "OPTIONS":
                 return await call_next(request)
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             offered = hashlib.sha256(token.strip().encode()).digest()
@@ -210,7 +230,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Accept"],
         )
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    max_body = settings.max_upload_bytes + MULTIPART_OVERHEAD
+    app.add_middleware(BodyLimit, max_bytes=max_body)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
@@ -231,6 +252,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return _error(413, "payload_too_large", exc.detail)
 
     @app.exception_handler(ImageRejected)
     async def _bad_image(request: Request, exc: ImageRejected) -> JSONResponse:
@@ -255,8 +280,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ServiceUnavailable("the model is warming up")
         return engine
 
-    async def face_from_upload(request: Request, upload: UploadFile) -> FaceCrop:
-        data = await upload.read(settings.max_upload_bytes + 1)
+    async def read_upload(request: Request, *fields: str) -> tuple[bytes, dict[str, str]]:
+        return await read_form(request, "image", fields, max_bytes=max_body, max_field_bytes=MULTIPART_OVERHEAD)
+
+    async def face_from_upload(request: Request, data: bytes) -> FaceCrop:
         detector: FaceDetector = request.state.detector
 
         def prepare() -> FaceCrop:
@@ -277,6 +304,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }])
 
     # Routes -------------------------------------------------------------------------------------------------
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -306,12 +339,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/attributes", tags=["model"], summary="Face photo → attribute probabilities",
               response_model=AttributesResponse,
-              responses={k: ERRORS[k] for k in (401, 413, 415, 422, 503)})
-    async def attributes(
-        request: Request,
-        image: Annotated[UploadFile, File(description="a JPEG, PNG or WebP photo with one face")],
-    ) -> AttributesResponse:
+              responses={k: ERRORS[k] for k in (401, 413, 415, 422, 503)},
+              openapi_extra=_multipart(image=IMAGE_PART))
+    async def attributes(request: Request) -> AttributesResponse:
         engine = ready_engine(request)
+        image, _ = await read_upload(request)
         face = await face_from_upload(request, image)
         encoded = await engine.encode(face.pixels)
         probabilities = dict(zip(engine.attribute_names, map(float, encoded.probabilities)))
@@ -322,7 +354,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/generate", tags=["model"], summary="Attributes → average face and random faces",
               response_model=GenerateResponse,
-              responses={200: PNG_RESPONSE} | {k: ERRORS[k] for k in (401, 413, 422, 503)})
+              responses={200: IMAGE_RESPONSE} | {k: ERRORS[k] for k in (401, 413, 422, 503)})
     async def generate(request: Request, body: GenerateRequest) -> Any:
         engine = ready_engine(request)
         check_names(engine, body.attributes, "attributes")
@@ -333,9 +365,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         seed = body.seed if body.seed is not None else secrets.randbits(63)
         w = engine.attribute_vector(body.attributes)
         result = await engine.generate(GenerateJob(w, body.n, body.zeta, seed))
-        if _wants_png(request):
+        if media_type := _image_type(request):
             image = result.average if body.n == 0 else grid([result.average, *result.faces])
-            return Response(await run_in_threadpool(png_bytes, image), media_type="image/png")
+            return Response(await run_in_threadpool(encode_image, image, media_type), media_type=media_type)
         # PNG compression is CPU work: off the event loop, like decoding.
         encoded = await run_in_threadpool(lambda: [png_base64(f) for f in [result.average, *result.faces]])
         return GenerateResponse(
@@ -345,20 +377,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/edit", tags=["model"], summary="Face photo + attribute changes → edited face",
               response_model=EditResponse,
-              responses={200: PNG_RESPONSE} | {k: ERRORS[k] for k in (401, 413, 415, 422, 503)})
-    async def edit(
-        request: Request,
-        image: Annotated[UploadFile, File(description="a JPEG, PNG or WebP photo with one face")],
-        changes: Annotated[str, Form(description='JSON object of attribute values, e.g. {"Smiling": 2}',
-                                     examples=['{"Smiling": 2, "Eyeglasses": 1}'])],
-    ) -> Any:
+              responses={200: IMAGE_RESPONSE} | {k: ERRORS[k] for k in (401, 413, 415, 422, 503)},
+              openapi_extra=_multipart(image=IMAGE_PART, changes=CHANGES_PART))
+    async def edit(request: Request) -> Any:
         engine = ready_engine(request)
+        image, fields = await read_upload(request, "changes")
         try:
-            parsed = EditChanges.model_validate({"changes": json.loads(changes)}).changes
-        except json.JSONDecodeError as e:
-            raise RequestValidationError([{"loc": ("changes",), "msg": f"not valid JSON ({e.msg})"}]) from None
+            parsed = EditChanges.model_validate({"changes": parse_json(fields["changes"])}).changes
         except ValidationError as e:
             raise RequestValidationError(e.errors()) from None
+        except ValueError as e:  # after ValidationError, which is a ValueError too
+            raise RequestValidationError([{"loc": ("changes",), "msg": f"not valid JSON ({e})"}]) from None
         check_names(engine, parsed, "changes")
         face = await face_from_upload(request, image)
         encoded = await engine.encode(face.pixels)
@@ -372,8 +401,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         x_mean, x_prime_mean = means[0].average, means[1].average
         delta = x_prime_mean.astype(np.int16) - x_mean.astype(np.int16)
         edited = np.clip(face.pixels.astype(np.int16) + delta, 0, 255).astype(np.uint8)
-        if _wants_png(request):
-            return Response(await run_in_threadpool(png_bytes, edited), media_type="image/png")
+        if media_type := _image_type(request):
+            return Response(await run_in_threadpool(encode_image, edited, media_type), media_type=media_type)
         images = await run_in_threadpool(lambda: [png_base64(i) for i in (face.pixels, x_mean, x_prime_mean, edited)])
         names = engine.attribute_names
         return EditResponse(
