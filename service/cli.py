@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+import uvicorn
 from pydantic import ValidationError
+from uvicorn.supervisors import Multiprocess
 
 from jmvae.model.checkpoint import CheckpointError, load_jmvae
 
@@ -14,10 +17,17 @@ from .engine import DEFAULT_CHECKPOINT
 from .logs import log_config
 from .settings import Settings
 
+APP = "jmvae.service.app:create_app"
+GRACE_S = 30  # seconds in-flight requests get after SIGTERM; deployments allow more before SIGKILL
+# Longer than clients keep idle connections open (httpx 5 s, nginx upstream 60 s), so that they close them, not
+# the server: at uvicorn's 5 s default, a request sent just as the server closes its end is reset unanswered.
+KEEP_ALIVE_S = 75
+# The supervisor kills a worker that does not answer its ping within this. At uvicorn's 5 s, workers still
+# importing torch on a busy machine were killed and respawned in a loop (5 in a minute at load 10 on 2 cores).
+WORKER_HEALTHCHECK_S = 30
+
 
 def serve(checkpoint: Path | None, host: str, port: int, workers: int) -> int:
-    import uvicorn
-
     try:
         settings = Settings()
     except ValidationError as e:
@@ -32,6 +42,23 @@ def serve(checkpoint: Path | None, host: str, port: int, workers: int) -> int:
         return 1
     # Workers are separate processes that build their app from the environment.
     os.environ["JMVAE_CHECKPOINT"] = str(path.resolve())
-    uvicorn.run("jmvae.service.app:create_app", factory=True, host=host, port=port, workers=workers,
-                timeout_graceful_shutdown=30, log_config=log_config(settings.log_level, settings.log_format))
+    options: dict[str, Any] = {"factory": True, "host": host, "port": port, "timeout_graceful_shutdown": GRACE_S,
+                               "timeout_keep_alive": KEEP_ALIVE_S,
+                               "log_config": log_config(settings.log_level, settings.log_format)}
+    if workers == 1:
+        uvicorn.run(APP, **options)
+    else:
+        config = uvicorn.Config(APP, workers=workers, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **options)
+        _Supervisor(config, sockets=[config.bind_socket()]).run()
     return 0
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, except that the parent lets go of the listening socket once it has told the
+    workers to stop: with uvicorn's own, the parent keeps it open until the last worker has drained, so new
+    connections queue unanswered for up to the grace period and are then reset, instead of being refused."""
+
+    def terminate_all(self) -> None:
+        super().terminate_all()
+        for sock in self.sockets:
+            sock.close()

@@ -177,6 +177,35 @@ def test_sigterm_saves_and_resume_matches(tmp_path: Path, tiny_toml: Path, refer
     _assert_same_weights(out / "final.safetensors", reference_run / "final.safetensors")
 
 
+def test_sigkill_mid_epoch_resumes_from_the_last_epoch_and_matches(tmp_path: Path, tiny_toml: Path,
+                                                                   reference_run: Path) -> None:
+    """SIGKILL gives no chance to save: the steps since the last whole epoch are lost and trained again."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jmvae.training.cli", "train", "--data", "synthetic", "--out", str(out),
+           "--config", str(tiny_toml), "--epochs", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+
+    def logged_steps() -> list[int]:
+        lines = metrics.read_text().split("\n")[:-1] if metrics.exists() else []  # whole lines only
+        return [r["step"] for r in map(json.loads, lines) if r["kind"] == "train"]
+
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not any(step > 6 for step in logged_steps()):  # 6 steps an epoch
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(timeout=60)
+    if (out / "final.safetensors").exists():
+        pytest.skip("the run finished before the kill")
+    saved = read_checkpoint(out / "last.safetensors").state_json
+    if saved["step"] >= max(logged_steps()):
+        pytest.skip("the kill landed between epochs, not inside one")
+    assert saved["step"] % 6 == 0
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    _assert_same_weights(out / "final.safetensors", reference_run / "final.safetensors")
+
+
 def test_image_to_attribute_accuracy_beats_majority(tmp_path: Path) -> None:
     config = tmp_path / "more-data.toml"
     # σ = 0.3 weighs the image term less than the default, so 8 short epochs leave room for the attributes.
