@@ -114,8 +114,9 @@ def request_kwargs(endpoint: str, image: bytes) -> dict[str, Any]:
 async def drive(url: str, path: str, request: dict[str, Any], clients: int, seconds: float,
                 server_cpu_s: Callable[[], float] | None = None) -> dict[str, float]:
     """`clients` concurrent clients, each posting `request` (httpx.post keyword arguments) to `path` as soon as
-    its previous answer is in, for `seconds` after a warm-up: req/s, p50 and p99 of the 200s, other answers, and
-    the CPU time per answer of this load generator (and of the server, given its CPU seconds so far)."""
+    its previous answer is in, for `seconds` after a warm-up: req/s, p50 and p99 of the 200s, other answers and
+    failed connections, and the CPU time per answer of this load generator (and of the server, given its CPU
+    seconds so far)."""
     import httpx
 
     latencies: list[float] = []
@@ -125,9 +126,12 @@ async def drive(url: str, path: str, request: dict[str, Any], clients: int, seco
         nonlocal errors
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
-            response = await client.post(path, **request)
+            try:
+                ok = (await client.post(path, **request)).status_code == 200
+            except httpx.TransportError:  # refused, reset or timed out: the server's failure, counted as one
+                ok = False
             if record:
-                if response.status_code == 200:
+                if ok:
                     latencies.append(time.perf_counter() - started)
                 else:
                     errors += 1

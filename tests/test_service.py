@@ -120,6 +120,24 @@ def test_generate_png(client: httpx.Client) -> None:
     assert as_json.headers["content-type"] == "application/json"
 
 
+@pytest.mark.parametrize("accept, media, fmt", [("image/jpeg", "image/jpeg", "JPEG"), ("image/webp", "image/webp", "WEBP"),
+                                                ("image/webp, image/png", "image/png", "PNG"),
+                                                ("image/jpeg;q=0.9, image/webp", "image/webp", "WEBP")])
+def test_generate_and_edit_answer_the_image_type_asked_for(client: httpx.Client, face_png: bytes, accept: str,
+                                                           media: str, fmt: str) -> None:
+    lossless = np.asarray(_png(client.post("/generate", json={"n": 0, "seed": 3}).json()["average_face"]))
+    for response in (client.post("/generate", json={"n": 0, "seed": 3}, headers={"Accept": accept}),
+                     client.post("/edit", files={"image": ("f.png", face_png, "image/png")}, data={"changes": "{}"},
+                                 headers={"Accept": accept})):
+        assert response.status_code == 200 and response.headers["content-type"] == media
+        image = Image.open(io.BytesIO(response.content))
+        assert image.format == fmt and image.size == (32, 32)
+    # The average face, lossy or not, is the same picture as the JSON's lossless PNG.
+    average = np.asarray(Image.open(io.BytesIO(
+        client.post("/generate", json={"n": 0, "seed": 3}, headers={"Accept": accept}).content)).convert("RGB"))
+    assert np.abs(average.astype(int) - lossless.astype(int)).mean() < 8
+
+
 # /edit ------------------------------------------------------------------------------------------------------
 def test_edit_contract(client: httpx.Client, face_png: bytes) -> None:
     r = client.post("/edit", files={"image": ("face.png", face_png, "image/png")},
