@@ -56,7 +56,8 @@ class TrainConfig(BaseModel):
     gan: GanConfig | None = Field(None, description="train with a discriminator (VAE-GAN style), as the paper did")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA and on CPUs with AMX, else fp32")
     compile: bool = Field(False, description="torch.compile the model (CUDA only pays off)")
     val_k: int = Field(10, ge=1, description="importance samples of the per-epoch validation bounds")
     val_n_w: int = Field(10, ge=1, description="prior samples for log p(w) in validation")

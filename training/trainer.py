@@ -154,7 +154,10 @@ class Trainer:
         self.autocast = self._autocast_dtype()
 
         torch.manual_seed(config.seed)
-        self.model = create_model(config.model).to(device)
+        # channels_last: the layout oneDNN's and cuDNN's fastest convolutions use, so they skip reordering every
+        # activation. (Not with fused Adam: it would pair these weights with moments restored in the default layout
+        # element by element in memory order, so a resumed run would update the wrong entries.)
+        self.model = create_model(config.model).to(device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=config.adam_betas)
         self.discriminator: Discriminator | None = None
         if config.gan is not None:
@@ -171,7 +174,9 @@ class Trainer:
     def _autocast_dtype(self) -> torch.dtype | None:
         precision = self.config.precision
         if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
+            # AMX (Intel Xeon since Sapphire Rapids) runs bf16 convolutions at over twice the fp32 speed.
+            amx = self.device.type == "cpu" and torch.cpu._is_amx_tile_supported()
+            precision = "bf16" if self.device.type == "cuda" or amx else "fp32"
         return torch.bfloat16 if precision == "bf16" else None
 
     # Checkpoints -----------------------------------------------------------------------------------------
@@ -284,7 +289,7 @@ class Trainer:
         for index in range(first, self.steps_per_epoch):
             batch = order[index * config.batch_size : (index + 1) * config.batch_size]
             batch = batch[ctx.rank * self.local_batch : (ctx.rank + 1) * self.local_batch]
-            x = normalise(self.images[batch])
+            x = normalise(self.images[batch]).contiguous(memory_format=torch.channels_last)
             w = self.attributes[batch]
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(config, self.step, self.total_steps)
