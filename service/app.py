@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -343,7 +344,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def readyz(request: Request) -> JSONResponse:
         if not request.state.engine.ready:
             return _error(503, "not_ready", "the model is warming up", {"Retry-After": "1"})
-        return JSONResponse({"status": "ready"})
+        # Which process answered: with --workers N, a client (the benchmarks) can wait until every one is ready.
+        return JSONResponse({"status": "ready", "worker": os.getpid()})
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
              response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

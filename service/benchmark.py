@@ -49,9 +49,12 @@ class Served:
 
 @contextmanager
 def server_process(cmd: list[str], env: dict[str, str], ready_url: str, ready_in_a_row: int = 10,
-                   cwd: Path | None = None, timeout_s: float = 120) -> Iterator[subprocess.Popen[bytes]]:
+                   cwd: Path | None = None, timeout_s: float = 120, workers: int = 0
+                   ) -> Iterator[subprocess.Popen[bytes]]:
     """Runs `cmd` (any HTTP server) until `ready_url` has answered 200 `ready_in_a_row` times in a row, each on a
-    fresh connection; yields the process, and on exit terminates it and whatever it started."""
+    fresh connection, and, with `workers`, until that many distinct `worker` ids have said so (a worker still
+    warming up may leave every connection to a ready one); yields the process, and on exit terminates it and
+    whatever it started."""
     import httpx
 
     # A file, not a pipe: the access log would fill an unread pipe and stall the server.
@@ -62,12 +65,16 @@ def server_process(cmd: list[str], env: dict[str, str], ready_url: str, ready_in
     try:
         deadline = time.monotonic() + timeout_s
         ready = 0
-        while ready < ready_in_a_row:
+        seen: set[object] = set()
+        while ready < ready_in_a_row or len(seen) < workers:
             if proc.poll() is not None:
                 log.seek(0)
                 raise RuntimeError(f"{cmd[0]} exited: {log.read().decode(errors='replace')[-2000:]}")
             try:
-                ok = httpx.get(ready_url, timeout=1).status_code == 200
+                response = httpx.get(ready_url, timeout=1)
+                ok = response.status_code == 200
+                if ok and workers:
+                    seen.add(response.json().get("worker"))
             except httpx.TransportError:
                 ok = False
             ready = ready + 1 if ok else 0
@@ -98,7 +105,7 @@ def serve_subprocess(checkpoint: Path | None, env: dict[str, str], workers: int 
     url = f"http://127.0.0.1:{port}"
     # Workers share the listening socket and one still warming up answers 503, so a single 200 proves little
     # when there are several: wait for a run of them.
-    with server_process(cmd, env, f"{url}/readyz", ready_in_a_row=10 * workers) as proc:
+    with server_process(cmd, env, f"{url}/readyz", ready_in_a_row=10 * workers, workers=workers) as proc:
         yield Served(url, proc)
 
 

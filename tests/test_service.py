@@ -56,7 +56,8 @@ def _error(response: httpx.Response, status: int, pattern: str) -> None:
 # Operations -------------------------------------------------------------------------------------------------
 def test_health_model_and_openapi(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and isinstance(ready["worker"], int)
     info = client.get("/model").json()
     assert len(info["attribute_names"]) == 40 and info["image_size"] == 32 and info["device"] == "cpu"
     assert info["inference_mode"] == "kl" and info["metadata"]["format"] == "jmvae-checkpoint"
