@@ -14,6 +14,7 @@ import torch
 
 from jmvae.model.checkpoint import load_model, read_checkpoint
 from jmvae.model.preprocess import normalise
+from jmvae.training.augment import augment
 from jmvae.training.cli import main
 from jmvae.training.config import load_config
 from jmvae.training.synthetic import RENDERED_ATTRIBUTES, synthetic_dataset
@@ -128,6 +129,26 @@ def test_hflip_changes_training_but_stays_reproducible(tmp_path: Path, tiny_toml
     plain_run = tmp_path / "plain"
     assert _train(plain_run, tiny_toml, "--epochs", "1") == 0
     assert not torch.equal(flipped, _weights(plain_run / "final.safetensors")["joint_encoder.head.linear.weight"])
+
+
+def test_shift_moves_each_face_by_at_most_shift_pixels_and_stays_reproducible(tmp_path: Path, tiny_toml: Path
+                                                                              ) -> None:
+    faces = torch.rand(64, 3, 16, 16)
+    shifted = augment(faces, torch.Generator().manual_seed(0), hflip=False, shift=3)
+    again = augment(faces, torch.Generator().manual_seed(0), hflip=False, shift=3)
+    assert torch.equal(shifted, again) and shifted.is_contiguous(memory_format=torch.channels_last)
+    padded = torch.nn.functional.pad(faces, (3, 3, 3, 3), mode="replicate")
+    offsets = set()
+    for face, out in zip(padded, shifted):
+        found = [(dy, dx) for dy in range(7) for dx in range(7) if torch.equal(face[:, dy:dy + 16, dx:dx + 16], out)]
+        assert found, "every output is a crop of its own padded face"
+        offsets.add(found[0])
+    assert len(offsets) > 10  # offsets are drawn per face, not per batch
+    config = tmp_path / "shift.toml"
+    config.write_text("shift = 3\n" + TINY)
+    assert _train(tmp_path / "a", config, "--epochs", "1") == 0
+    assert _train(tmp_path / "b", config, "--epochs", "1") == 0
+    _assert_same_weights(tmp_path / "a" / "final.safetensors", tmp_path / "b" / "final.safetensors")
 
 
 def test_seeded_runs_are_reproducible(tmp_path: Path, tiny_toml: Path) -> None:

@@ -53,6 +53,8 @@ class TrainConfig(BaseModel):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = Field(20.0, ge=0.0, description="KL warm-up of the prior term, 0 → 1, linear per step")
     hflip: bool = Field(False, description="flip a random half of each batch left-right (the paper did not)")
+    shift: int = Field(0, ge=0, le=16, description="translate each training face by up to this many pixels "
+                       "each way, edges repeated (the paper did not)")
     gan: GanConfig | None = Field(None, description="train with a discriminator (VAE-GAN style), as the paper did")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -30,6 +30,7 @@ from jmvae.model.baselines import create_model
 from jmvae.model.gan import Discriminator, discriminator_loss, generator_terms
 from jmvae.model.preprocess import normalise
 
+from .augment import augment
 from .config import CONFIG_FILE, TrainConfig
 from .data import FaceDataset
 from .distributed import DistContext, any_rank, barrier
@@ -295,9 +296,8 @@ class Trainer:
                 group["lr"] = learning_rate(config, self.step, self.total_steps)
             beta = kl_weight(config, self.step, self.steps_per_epoch)
             generator.manual_seed(step_seed(config.seed, ctx.rank, self.step))
-            if config.hflip:  # no CelebA attribute is left- or right-sided, so a mirrored face keeps its labels
-                flip = torch.rand(len(x), generator=generator, device=self.device) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if config.hflip or config.shift:
+                x = augment(x, generator, config.hflip, config.shift)
             autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext())
             with autocast:
                 terms = model(x, w, alpha=config.alpha, beta=beta, generator=generator)
