@@ -12,7 +12,8 @@ client, in this process, drives each path at 1, 8 and 32 concurrent clients for 
 a server's answers are checked against the in-process pipeline before it is measured.
 
 Also measured: the in-process ceiling (the same work without HTTP, at batch 1, 8 and 32), our service with
-batching off (JMVAE_MAX_BATCH_SIZE=1) and with a 5 ms batch wait (JMVAE_MAX_BATCH_WAIT_MS=5), TorchServe with
+batching off (JMVAE_MAX_BATCH_SIZE=1), with a 5 ms batch wait (JMVAE_MAX_BATCH_WAIT_MS=5) and on uvicorn's
+pure-Python HTTP parser and event loop (JMVAE_HTTP_PARSER=h11, JMVAE_EVENT_LOOP=asyncio), TorchServe with
 no batch delay as well as 5 ms, and the
 attributes → face path answered as one PNG, JPEG or WebP (Accept) instead of a base64 PNG in JSON, with each
 format's encoding cost; and the CPU time per request of each server and of the client. Prints markdown tables
@@ -62,7 +63,8 @@ GENERATE_BODY = {"attributes": {"Smiling": 2, "Male": -1}, "n": 0, "seed": 1}
 # them passive.
 SERVER_ENV = {"OMP_WAIT_POLICY": "passive"}
 # Our service's batching variants, each a server of its own, measured beside the default (max 32, no wait).
-VARIANTS = {"batching off": {"JMVAE_MAX_BATCH_SIZE": "1"}, "5 ms batch wait": {"JMVAE_MAX_BATCH_WAIT_MS": "5"}}
+VARIANTS = {"batching off": {"JMVAE_MAX_BATCH_SIZE": "1"}, "5 ms batch wait": {"JMVAE_MAX_BATCH_WAIT_MS": "5"},
+            "h11 + asyncio": {"JMVAE_HTTP_PARSER": "h11", "JMVAE_EVENT_LOOP": "asyncio"}}
 PATHS = ("attributes", "generate")  # image → attributes, attributes → face
 SERVERS = ("jmvae", "litserve", "bentoml", "torchserve")
 BATCH_SIZES = (1, 8, 32)

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     warmup_batches: int = Field(3, ge=1, description="forward passes per model path before /readyz turns 200")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = Field("json", description="json: one object per line, for log collectors")
+    http_parser: Literal["auto", "httptools", "h11"] = Field(
+        "auto", description="uvicorn's HTTP parser; auto: httptools (C) when installed, else h11 (pure Python)")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="uvicorn's event loop; auto: uvloop when installed, else asyncio's")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
