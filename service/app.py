@@ -31,7 +31,7 @@ from jmvae.model.render import grid
 from .batching import QueueFull
 from .bodies import StandardJSONRoute, parse_json, read_form
 from .engine import Engine, GenerateJob
-from .faces import FaceCrop, FaceDetector
+from .faces import NO_FACE_NOTE, FaceCrop, FaceDetector
 from .images import ImageRejected, decode_upload
 from .logs import RequestContext
 from .metrics import ServiceMetrics
@@ -57,7 +57,6 @@ STATIC = Path(__file__).parent / "static"
 PAGE_CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'"
 # Multipart framing around the image: boundaries, part headers and the small `changes` field.
 MULTIPART_OVERHEAD = 64 * 1024
-NO_FACE_NOTE = "no face found; a centre crop of the image was used"
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}

@@ -25,6 +25,8 @@ MIN_SIZE: Final = (40, 40)
 # Photos are searched at most this large (longest side): ~10x faster on a 12-megapixel photo, and the cascade
 # is scale-invariant, so the box just scales back. The smallest face found is then 1/16 of the longest side.
 DETECTION_MAX_SIDE: Final = 640
+# What an answer says when `FaceCrop.detected` is False (the service's and the serving benchmark's peers').
+NO_FACE_NOTE: Final = "no face found; a centre crop of the image was used"
 # An image within 1% of img_align_celeba's aspect ratio is taken for an aligned CelebA face (or a resized copy).
 _ALIGNED_ASPECT: Final = ALIGNED_IMAGE_SIZE[1] / ALIGNED_IMAGE_SIZE[0]
 _ALIGNED_ASPECT_TOLERANCE: Final = 0.01

@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 
 from jmvae.service.engine import Engine, GenerateJob
-from jmvae.service.faces import FaceCrop, FaceDetector
+from jmvae.service.faces import NO_FACE_NOTE, FaceCrop, FaceDetector
 from jmvae.service.images import decode_upload
 from jmvae.service.metrics import ServiceMetrics
 from jmvae.service.render import png_base64
 from jmvae.service.schemas import AttributesResponse, Box, GenerateRequest, GenerateResponse
 from jmvae.service.settings import Settings
 
-NO_FACE_NOTE = "no face found; a centre crop of the image was used"  # as jmvae.service.app says it
 MAX_BATCH_SIZE = 32  # every server's largest batch, as JMVAE_MAX_BATCH_SIZE's default
 
 
