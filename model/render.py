@@ -1,19 +1,10 @@
-"""Faces out as pictures: PNG bytes and grids (used by the service and by evaluation reports)."""
+"""Faces out as pictures: grids (used by the service and by evaluation reports)."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
-from PIL import Image
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """(H, W, 3) uint8 → PNG."""
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def grid(images: list[np.ndarray], columns: int = 8, gap: int = 2) -> np.ndarray:
