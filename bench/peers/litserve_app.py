@@ -25,10 +25,21 @@ from jmvae.service.images import ImageRejected
 BATCH_TIMEOUT_S = 0.005
 
 
-class AttributesAPI(ls.LitAPI):
+class _PipelineAPI(ls.LitAPI):
+    """A path of the shared Pipeline; LitServe hands `predict` the decoded requests as one list and takes one
+    answer per request back, with nothing to stack or split."""
+
     def setup(self, device: str) -> None:
         self.pipeline = Pipeline()
 
+    def batch(self, inputs: list[Any]) -> list[Any]:
+        return inputs
+
+    def unbatch(self, output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return output
+
+
+class AttributesAPI(_PipelineAPI):
     # `request` stays unannotated: LitServe reads the annotation as the body's type, and without one hands over
     # the parsed form (or JSON object).
     def decode_request(self, request) -> FaceCrop:  # type: ignore[no-untyped-def]
@@ -37,34 +48,19 @@ class AttributesAPI(ls.LitAPI):
         except ImageRejected as e:
             raise HTTPException(e.status, e.message) from None
 
-    def batch(self, inputs: list[FaceCrop]) -> list[FaceCrop]:
-        return inputs
-
     def predict(self, faces: list[FaceCrop]) -> list[dict[str, Any]]:
         return self.pipeline.attributes(faces)
 
-    def unbatch(self, output: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return output
 
-
-class GenerateAPI(ls.LitAPI):
-    def setup(self, device: str) -> None:
-        self.pipeline = Pipeline()
-
+class GenerateAPI(_PipelineAPI):
     def decode_request(self, request) -> GenerateJob:  # type: ignore[no-untyped-def]
         try:
             return self.pipeline.generate_job(request)
         except BadRequest as e:
             raise HTTPException(422, str(e)) from None
 
-    def batch(self, inputs: list[GenerateJob]) -> list[GenerateJob]:
-        return inputs
-
     def predict(self, jobs: list[GenerateJob]) -> list[dict[str, Any]]:
         return self.pipeline.generate(jobs)
-
-    def unbatch(self, output: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return output
 
 
 def main() -> None:
