@@ -7,9 +7,9 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from collections.abc import Callable
 from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
