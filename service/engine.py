@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jmvae.model.attributes import AttributePrior
 from jmvae.model.checkpoint import CheckpointMeta, load_jmvae
 from jmvae.model.device import resolve_device
 from jmvae.model.jmvae import JMVAE
@@ -59,11 +60,10 @@ class Engine:
         self.metrics = metrics
         self.mode = meta.default_inference_mode
         self.attribute_names = meta.attribute_names
-        prevalence = meta.data.get("attribute_prevalence", {})
-        # Attributes a request leaves out take their majority value in the training data: a typical face.
-        self.default_attributes = np.array(
-            [1.0 if prevalence.get(name, 0.0) >= 0.5 else -1.0 for name in self.attribute_names], np.float32
-        )
+        # Attributes a request leaves out take their most likely value given the ones it sets; with none set, the
+        # majority values: a typical face.
+        self.attribute_prior = AttributePrior.from_summary(meta.data, meta.attribute_names)
+        self.default_attributes = self.attribute_prior.typical
         self.ready = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jmvae-model")
         wait = settings.max_batch_wait_ms / 1000.0
@@ -122,10 +122,10 @@ class Engine:
         return await self.attribute_path.submit(job)
 
     def attribute_vector(self, values: dict[str, float]) -> np.ndarray:
-        w = self.default_attributes.copy()
+        w = np.full(len(self.attribute_names), np.nan, np.float32)
         for name, value in values.items():
             w[self.attribute_names.index(name)] = value
-        return w
+        return self.attribute_prior.complete(w)
 
     # Batched model paths (run on the model thread) -------------------------------------------------------
     @torch.inference_mode()

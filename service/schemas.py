@@ -54,8 +54,9 @@ class GenerateRequest(BaseModel):
 
     attributes: dict[str, AttributeValue] = Field(
         default_factory=dict,
-        description="attribute values by CelebA name; unspecified attributes take their majority value in the "
-        "model's training data (see GET /model)",
+        description="attribute values by CelebA name; each unspecified attribute takes its most likely value given "
+        "the specified ones, by the model's training data (a naive-Bayes vote of pairwise counts; with none "
+        "specified, the majority values of GET /model): {\"Bald\": 2} asks for a bald man, not a bald woman",
     )
     n: int = Field(4, ge=0, description="random faces besides the average face")
     zeta: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="ε ~ N(0, ζ I) for z = z_mean + σ ⊙ ε")

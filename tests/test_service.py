@@ -106,6 +106,20 @@ def test_generate_contract_and_seed(client: httpx.Client) -> None:
     assert replay["faces"] == unseeded["faces"]
 
 
+def test_generate_completes_unspecified_attributes_from_the_specified_ones(client: httpx.Client) -> None:
+    """In the synthetic training faces a moustache is (almost) only a man's and rules out No_Beard: asked for a
+    moustache and nothing else, the service asks the model for a man without No_Beard, not for the typical face
+    (a woman) with a moustache."""
+    typical = client.get("/model").json()["default_attributes"]
+    assert typical["Male"] == -1 and typical["No_Beard"] == 1
+    completed = client.post("/generate", json={"attributes": {"Mustache": 2}, "n": 0}).json()["attributes"]
+    assert completed["Mustache"] == 2 and completed["Male"] == 1 and completed["No_Beard"] == -1
+    # What is specified is kept, even against the data's rules.
+    kept = client.post("/generate", json={"attributes": {"Mustache": 2, "Male": -1}, "n": 0}).json()["attributes"]
+    assert kept["Male"] == -1 and kept["No_Beard"] == -1
+    assert client.post("/generate", json={"n": 0}).json()["attributes"] == typical
+
+
 def test_generate_zeta_zero_gives_the_average(client: httpx.Client) -> None:
     body = client.post("/generate", json={"n": 2, "zeta": 0.0, "seed": 1}).json()
     assert body["faces"] == [body["average_face"]] * 2

@@ -211,6 +211,25 @@ def test_read_edit_and_generate(page: Page, server: str, uploads: dict[str, Path
 
 
 @needs_chromium
+def test_generate_without_a_photo_completes_the_attributes_the_sliders_leave(page: Page, server: str) -> None:
+    """Only the moved slider is sent; the service fills the rest from the training data (in the synthetic faces a
+    moustache is a man's and rules out No_Beard) and the sliders show the vector it used."""
+    open_page(page, server)
+    assert page.input_value("#attr-Male") == "-1" and page.input_value("#attr-No_Beard") == "1"
+    page.eval_on_selector("#attr-Mustache", """input => {
+        input.value = "2";
+        input.dispatchEvent(new Event("input", {bubbles: true}));
+    }""")
+    page.fill("#count", "1")
+    with page.expect_request("**/generate") as request:
+        page.click("#generate")
+    assert request.value.post_data_json["attributes"] == {"Mustache": 2}
+    expect(page.locator("#generated img")).to_have_count(2)
+    assert page.input_value("#attr-Male") == "1" and page.input_value("#attr-No_Beard") == "-1"
+    assert page.input_value("#attr-Mustache") == "2"
+
+
+@needs_chromium
 def test_errors_are_readable(page: Page, server: str, uploads: dict[str, Path]) -> None:
     open_page(page, server)
     upload(page, uploads["notes.png"])

@@ -100,12 +100,16 @@ class FaceDataset:
     def summary(self) -> dict[str, object]:
         """What a checkpoint records about the data it was trained on."""
         train = self.splits["train"]
-        prevalence = ((train.attributes > 0).mean(axis=0) if len(train) else np.zeros(len(self.attribute_names)))
+        present = (train.attributes > 0).astype(np.int64)
+        prevalence = present.mean(axis=0) if len(train) else np.zeros(len(self.attribute_names))
         return {
             "name": self.name,
             "content_key": self.content_key,
             "sizes": {s: len(self.splits[s]) for s in SPLITS},
             "attribute_prevalence": {n: round(float(p), 4) for n, p in zip(self.attribute_names, prevalence)},
+            # [i][j]: training faces with attributes i and j both present; what completes a partial attribute
+            # vector (jmvae.model.attributes). Aggregate counts, no face's own labels.
+            "attribute_pair_counts": (present.T @ present).tolist(),
         }
 
 

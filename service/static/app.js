@@ -10,6 +10,7 @@ const MAX_SEED = Number.MAX_SAFE_INTEGER;
 const $ = (id) => document.getElementById(id);
 const state = {
   names: [],                // the model's attribute names, in its order
+  typical: {},              // the model's default attributes (a typical face), by name
   photo: null,              // the last photo the service accepted
   photoAttributes: null,    // its attributes w as -1/1, by name
   previewUrl: null,
@@ -113,6 +114,7 @@ async function loadModel() {
   $("model-info").textContent =
     `Model ${info.checkpoint} on ${info.device} (${info.inference_mode} inference, ` +
     `${info.image_size}×${info.image_size} images)`;
+  state.typical = info.default_attributes;
   if (state.names.length === 0) buildSliders(info.attribute_names, info.default_attributes);
   $("photo").disabled = false;
   $("generate").disabled = false;
@@ -256,8 +258,13 @@ async function generate(event) {
   event.preventDefault();
   clearError();
   const seedText = $("seed").value.trim();
+  // Without a photo only the sliders moved away from the typical face are sent: the service sets the others to
+  // their most likely values given those (a bald face is a man's), and the sliders then show what it used.
+  const values = sliderValues();
+  const attributes = state.photo ? values : Object.fromEntries(
+    Object.entries(values).filter(([name, value]) => value !== state.typical[name]));
   const request = {
-    attributes: sliderValues(),
+    attributes,
     n: Number($("count").value),
     zeta: Number($("zeta").value),
     seed: seedText === "" ? Math.floor(Math.random() * MAX_SEED) : Number(seedText),
@@ -268,6 +275,7 @@ async function generate(event) {
     const body = await api("generate", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request),
     });
+    if (!state.photo) setSliders(body.attributes);
     $("generate-info").textContent = `Seed ${body.seed}, ζ ${body.zeta}: the same seed gives the same faces.`;
     $("generated").replaceChildren(
       face(body.average_face, "average face", "average-face.png"),
