@@ -17,6 +17,7 @@ from jmvae.model.preprocess import normalise
 from jmvae.training.augment import augment
 from jmvae.training.cli import main
 from jmvae.training.config import load_config
+from jmvae.training.report import FIGURE_ATTRIBUTES
 from jmvae.training.synthetic import RENDERED_ATTRIBUTES, synthetic_dataset
 
 TINY = """
@@ -289,6 +290,9 @@ def test_eval_report_writes_every_key_and_figure(reference_run: Path, companions
     # are noise, at 0.5).
     assert metrics["classifier_auc_mean"] > 0.6
     assert 0.0 <= metrics["coherence_auc_mean"] <= 1.0
+    for name in FIGURE_ATTRIBUTES:  # every row of Figure 1(a) scored
+        for key in ("fig1a_typical_p", "fig1a_average_p", "fig1a_random_share"):
+            assert 0.0 <= metrics[f"{key}/{name}"] <= 1.0, (key, name)
     from PIL import Image
 
     def pixels(figure: str) -> np.ndarray:
@@ -304,6 +308,7 @@ def test_eval_report_writes_every_key_and_figure(reference_run: Path, companions
     report = (out / "report.md").read_text()
     assert "fig1a_attribute_faces.png" in report and "| attr_auc_mean |" in report and "| Eyeglasses |" in report
     assert f"| VAE | {metrics['vae_log_p_x']:.1f} | — |" in report and "Coherence:" in report
+    assert f"| Bald | {metrics['fig1a_typical_p/Bald']:.2f} | {metrics['fig1a_average_p/Bald']:.2f} |" in report
 
 
 def test_eval_refuses_a_companion_of_the_wrong_kind(reference_run: Path, companions: dict[str, Path],

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from jmvae.model.attributes import AttributePrior
 from jmvae.model.baselines import CVAE, VAE, AttributeClassifier
 from jmvae.model.checkpoint import CheckpointMeta
 from jmvae.model.jmvae import JMVAE
@@ -35,7 +36,8 @@ def write_report(model: JMVAE, meta: CheckpointMeta, split: FaceArrays, out: Pat
                  max_examples: int = 1000, seed: int = 0, classifier: AttributeClassifier | None = None,
                  baselines: tuple[VAE | CVAE, ...] = ()) -> dict[str, float]:
     """Writes out/metrics.json, out/report.md and the figures; returns the flat metrics. With a classifier, the
-    coherence of generation; with VAE/CVAE baselines, their bounds on the same examples (Table 1 side by side)."""
+    coherence of generation and Figure 1(a) scored; with VAE/CVAE baselines, their bounds on the same examples
+    (Table 1 side by side)."""
     out.mkdir(parents=True, exist_ok=True)
     prevalence = np.array([meta.data["attribute_prevalence"][n] for n in meta.attribute_names])
     raw = evaluate(model, split, prevalence, meta.alpha, k=k, n_w=n_w, max_examples=max_examples, seed=seed)
@@ -60,14 +62,18 @@ def write_report(model: JMVAE, meta: CheckpointMeta, split: FaceArrays, out: Pat
         metrics[f"attr_auc/{name}"] = float(auc)
         metrics[f"attr_acc/{name}"] = float(acc)
     metrics |= {"examples": n, "k": k, "n_w": n_w}
-    (out / "metrics.json").write_text(json.dumps({"units": "nats per image", "convention": CONVENTION} | metrics,
-                                                 indent=2, ensure_ascii=False) + "\n")
     names = list(meta.attribute_names)
-    default = np.where(prevalence >= 0.5, 1.0, -1.0).astype(np.float32)
-    _save(out / "fig1a_attribute_faces.png", _attribute_faces(model, names, default, seed))
+    rows = figure_rows(AttributePrior.from_summary(meta.data, names), names)
+    faces = _attribute_faces(model, np.stack([w for _, w in rows]), seed)
+    if classifier is not None:
+        metrics |= _figure_scores(classifier, faces, rows, names)
+    _save(out / "fig1a_attribute_faces.png", _upscale(grid(list(denormalise(faces.flatten(0, 1)).numpy()),
+                                                           columns=faces.shape[1])))
     _save(out / "fig1b_latent_pca.png", _latent_pca(means.numpy(), labels[:, names.index("Male")]
                                                     if "Male" in names else labels[:, 0]))
     _save(out / "fig2_edit.png", _edit_pipeline(model, x[:6], names))
+    (out / "metrics.json").write_text(json.dumps({"units": "nats per image", "convention": CONVENTION} | metrics,
+                                                 indent=2, ensure_ascii=False) + "\n")
     (out / "report.md").write_text(_markdown(meta, metrics, names))
     return metrics
 
@@ -80,20 +86,43 @@ def _save(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
 
 
-@torch.inference_mode()
-def _attribute_faces(model: JMVAE, names: list[str], default: np.ndarray, seed: int) -> np.ndarray:
-    """Figure 1(a): per row, an attribute set to 2 over the typical face: the average face, then random faces."""
-    rows = [("typical", default)]
+def figure_rows(prior: AttributePrior, names: list[str]) -> list[tuple[str, np.ndarray]]:
+    """Figure 1(a)'s attribute vectors: the typical face, then per attribute A what `POST /generate` asks of the
+    model for {A: 2}: A emphasised, every other attribute at its most likely value given A in the training data."""
+    rows = [("typical", prior.typical)]
     for name in FIGURE_ATTRIBUTES:
         if name in names:
-            w = default.copy()
+            w = np.full(len(names), np.nan, np.float32)
             w[names.index(name)] = 2.0
-            rows.append((name, w))
-    q = model.q_attributes(torch.from_numpy(np.stack([w for _, w in rows])))
-    eps = torch.randn((6, *q.mean.shape), generator=torch.Generator().manual_seed(seed))
-    z = torch.cat([q.mean[None], q.mean[None] + q.std[None] * eps])  # (7, rows, D)
-    faces = denormalise(model.decode_image(z.transpose(0, 1).reshape(-1, z.shape[-1]))).numpy()
-    return _upscale(grid(list(faces), columns=7))
+            rows.append((name, prior.complete(w)))
+    return rows
+
+
+@torch.inference_mode()
+def _attribute_faces(model: JMVAE, w: np.ndarray, seed: int, n_random: int = 6) -> torch.Tensor:
+    """Figure 1(a)'s faces, (rows, 1 + n_random, 3, S, S) in [0, 1]: per attribute vector the average face (mean of
+    q(z|w)), then random faces z = z_mean + σ ⊙ ε."""
+    q = model.q_attributes(torch.from_numpy(w))
+    eps = torch.randn((n_random, *q.mean.shape), generator=torch.Generator().manual_seed(seed))
+    z = torch.cat([q.mean[None], q.mean[None] + q.std[None] * eps]).transpose(0, 1)  # (rows, 1 + n_random, D)
+    return model.decode_image(z)
+
+
+@torch.inference_mode()
+def _figure_scores(classifier: AttributeClassifier, faces: torch.Tensor, rows: list[tuple[str, np.ndarray]],
+                   names: list[str]) -> dict[str, float]:
+    """Does each row of Figure 1(a) show its attribute? The classifier's probability of A on the row's average face
+    and on the typical face, and the share of the row's random faces it reads as having A (faces quantised to
+    uint8, as the service sends them)."""
+    probabilities = torch.sigmoid(classifier.logits(normalise(denormalise(faces.flatten(0, 1))))).numpy()
+    probabilities = probabilities.reshape(*faces.shape[:2], -1)
+    scores = {}
+    for row, (name, _) in enumerate(rows[1:], start=1):
+        column = names.index(name)
+        scores[f"fig1a_typical_p/{name}"] = float(probabilities[0, 0, column])
+        scores[f"fig1a_average_p/{name}"] = float(probabilities[row, 0, column])
+        scores[f"fig1a_random_share/{name}"] = float((probabilities[row, 1:, column] > 0.5).mean())
+    return scores
 
 
 @torch.inference_mode()
@@ -158,8 +187,20 @@ def _markdown(meta: CheckpointMeta, metrics: dict[str, float], names: list[str])
     lines += [f"| {n} | {metrics[f'attr_acc/{n}']:.3f} | {metrics[f'attr_auc/{n}']:.3f} |" for n in names]
     lines += [
         "", "## Figures", "",
-        "Figure 1(a): each row sets one attribute to 2 over the typical face (first row); average face, then random"
-        " faces z = z_mean + σ ⊙ ε.", "", "![Figure 1(a)](fig1a_attribute_faces.png)", "",
+        "Figure 1(a): the typical face (first row), then per attribute A the attribute vector `POST /generate` uses"
+        " for {A: 2}: A emphasised, every other attribute at its most likely value given A in the training data"
+        " (the typical value for checkpoints that predate the pair counts); average face, then random faces"
+        " z = z_mean + σ ⊙ ε.", "", "![Figure 1(a)](fig1a_attribute_faces.png)", "",
+    ]
+    if any(key.startswith("fig1a_") for key in metrics):
+        lines += ["Figure 1(a) scored by the classifier: its probability of A on the typical face and on the row's"
+                  " average face, and the share of the row's random faces it reads as having A.", "",
+                  "| attribute | typical face | average face | random faces |", "| --- | --- | --- | --- |"]
+        lines += [f"| {name} | {metrics[f'fig1a_typical_p/{name}']:.2f} | {metrics[f'fig1a_average_p/{name}']:.2f} | "
+                  f"{metrics[f'fig1a_random_share/{name}']:.2f} |"
+                  for name in FIGURE_ATTRIBUTES if f"fig1a_average_p/{name}" in metrics]
+        lines.append("")
+    lines += [
         "Figure 1(b): the first two principal components of the means of q(z|x), red where Male.", "",
         "![Figure 1(b)](fig1b_latent_pca.png)", "",
         "Figure 2: input x, x_mean, x′_mean with Smiling toggled, and x′ = x + x′_mean − x_mean.", "",
