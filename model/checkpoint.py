@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .attributes import AttributePrior
 from .baselines import Model, create_model
 from .config import ModelConfig
 from .jmvae import JMVAE
@@ -198,6 +199,10 @@ def load_jmvae(path: Path, device: str | torch.device = "cpu") -> tuple[JMVAE, C
     model, meta = load_model(path, device)
     if not isinstance(model, JMVAE):
         raise CheckpointError(f"{path}: holds a {meta.model.kind.upper()} baseline, not a JMVAE")
+    try:  # what completes the service's partial attribute vectors
+        AttributePrior.from_summary(meta.data, meta.attribute_names)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {_one_line(e)}") from None
     return model, meta
 
 

@@ -50,8 +50,8 @@ class Generated:
 class Engine:
     """Owns the model; every forward pass runs on one worker thread, off the event loop."""
 
-    def __init__(self, model: JMVAE, meta: CheckpointMeta, checkpoint: Path, device: torch.device,
-                 settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(self, model: JMVAE, meta: CheckpointMeta, attribute_prior: AttributePrior, checkpoint: Path,
+                 device: torch.device, settings: Settings, metrics: ServiceMetrics) -> None:
         self.model = model
         self.meta = meta
         self.checkpoint = checkpoint
@@ -62,8 +62,8 @@ class Engine:
         self.attribute_names = meta.attribute_names
         # Attributes a request leaves out take their most likely value given the ones it sets; with none set, the
         # majority values: a typical face.
-        self.attribute_prior = AttributePrior.from_summary(meta.data, meta.attribute_names)
-        self.default_attributes = self.attribute_prior.typical
+        self.attribute_prior = attribute_prior
+        self.default_attributes = attribute_prior.typical
         self.ready = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jmvae-model")
         wait = settings.max_batch_wait_ms / 1000.0
@@ -85,8 +85,9 @@ class Engine:
         """Loads and validates the checkpoint; raises CheckpointError with a one-line reason."""
         device = resolve_device(settings.device)
         checkpoint = settings.checkpoint or DEFAULT_CHECKPOINT
-        model, meta = load_jmvae(checkpoint, device)
-        return cls(model, meta, checkpoint, device, settings, metrics)
+        model, meta = load_jmvae(checkpoint, device)  # checks the attribute statistics too
+        prior = AttributePrior.from_summary(meta.data, meta.attribute_names)
+        return cls(model, meta, prior, checkpoint, device, settings, metrics)
 
     @property
     def image_size(self) -> int:

@@ -106,6 +106,44 @@ def test_refuses_missing_foreign_and_mismatched(tmp_path: Path, saved: Path, tin
         load_model(wrong)
 
 
+@pytest.mark.parametrize("data", [
+    {"sizes": {"train": 10}, "attribute_pair_counts": "many"},
+    {"sizes": {"train": 10}, "attribute_pair_counts": [[1, 2], [2, 1]]},  # the wrong shape
+    {"sizes": {"train": 10}, "attribute_pair_counts": "negative"},
+    {"sizes": {"train": 10}, "attribute_pair_counts": "a pair more often than its attribute"},
+    {"sizes": "ten"},
+    {"attribute_prevalence": {"A0": "half"}},
+], ids=["text", "shape", "negative", "impossible-pair", "sizes", "prevalence"])
+def test_load_jmvae_refuses_unusable_attribute_statistics(tmp_path: Path, tiny_model: JMVAE, tiny_config: ModelConfig,
+                                                          data: dict) -> None:
+    """They complete the service's partial attribute vectors; damaged ones are refused at load, in one line."""
+    from jmvae.model.checkpoint import load_jmvae
+
+    n = tiny_config.n_attributes
+    counts = torch.eye(n, dtype=torch.int64) * 3
+    if data.get("attribute_pair_counts") == "negative":
+        data["attribute_pair_counts"] = (-counts).tolist()
+    elif data.get("attribute_pair_counts") == "a pair more often than its attribute":
+        counts[0, 1] = counts[1, 0] = 5
+        data["attribute_pair_counts"] = counts.tolist()
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, Checkpoint(_meta(tiny_config).model_copy(update={"data": data}), tiny_model.state_dict()))
+    with pytest.raises(CheckpointError, match="attribute statistics") as e:
+        load_jmvae(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_load_jmvae_accepts_pair_counts_of_real_faces(tmp_path: Path, tiny_model: JMVAE,
+                                                       tiny_config: ModelConfig) -> None:
+    from jmvae.model.checkpoint import load_jmvae
+
+    present = (torch.rand(20, tiny_config.n_attributes, generator=torch.Generator().manual_seed(0)) < 0.4).long()
+    data = {"sizes": {"train": 20}, "attribute_pair_counts": (present.T @ present).tolist()}
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, Checkpoint(_meta(tiny_config).model_copy(update={"data": data}), tiny_model.state_dict()))
+    assert load_jmvae(path)[1].data == data
+
+
 def test_export_halves_the_file_and_loads_as_float32(tmp_path: Path, saved: Path, tiny_model: JMVAE, batch) -> None:
     from jmvae.model.checkpoint import export_checkpoint
 
