@@ -70,8 +70,7 @@ class AttributePrior:
         ±1 by the sign of its log-odds given the signs of the set ones (0 sets nothing)."""
         w = np.asarray(values, dtype=np.float32)
         unset = np.isnan(w)
-        logodds = self.base + np.where(w[:, None] > 0, self.shift_present, 0.0).sum(axis=0) \
-            + np.where(w[:, None] < 0, self.shift_absent, 0.0).sum(axis=0)
+        logodds = self.base + (w > 0) @ self.shift_present + (w < 0) @ self.shift_absent  # NaN compares False
         return np.where(unset, np.where(logodds >= 0, 1.0, -1.0), w).astype(np.float32)
 
 
