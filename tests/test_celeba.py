@@ -1,8 +1,12 @@
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -155,7 +159,7 @@ def test_corrupt_image_is_named_and_leaves_no_cache(root: Path, tmp_path: Path, 
     with pytest.raises(CelebAFormatError) as caught:
         _load(root, cache, workers=workers)
     assert str(bad) in str(caught.value)
-    assert list(cache.iterdir()) == []  # neither the finished files nor a temp file
+    assert [p.suffix for p in cache.iterdir()] == [".lock"]  # neither the finished files nor a temp file
 
 
 def test_image_without_partition_row_is_left_out_with_a_warning(root: Path, tmp_path: Path) -> None:
@@ -185,7 +189,7 @@ def test_cache_splits_are_read_only_views_in_partition_filename_order(root: Path
         assert not dataset.splits[split].images.flags.writeable
     assert len(dataset.splits["test"]) == 0 and dataset.splits["test"].images.shape == (0, 16, 16, 3)
     names = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert names == [f"celeba-{dataset.content_key}.images.npy", f"celeba-{dataset.content_key}.meta.npz"]
+    assert names == [f"celeba-{dataset.content_key}.{end}" for end in ("images.npy", "lock", "meta.npz")]
 
 
 def test_pool_build_matches_single_process_build(root: Path, tmp_path: Path) -> None:
@@ -263,3 +267,137 @@ def test_progress_bar_only_when_asked(root: Path, tmp_path: Path, capsys: pytest
     assert "preprocessing CelebA" not in capsys.readouterr().err
     load_celeba(root, PREP, tmp_path / "loud", workers=1, progress=True)
     assert "preprocessing CelebA" in capsys.readouterr().err
+
+
+def _arrays(dataset: FaceDataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Copies of every split, so they outlive (and never map) a cache file a test then damages."""
+    return {name: (np.array(split.images), np.array(split.attributes)) for name, split in dataset.splits.items()}
+
+
+def _count_builds(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[int]:
+    builds: list[int] = []
+    build = celeba._build_cache
+
+    def counted(*args: object, **kwargs: object) -> None:
+        builds.append(1)
+        time.sleep(delay)  # holds the lock long enough for a concurrent loader to arrive and wait
+        build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(celeba, "_build_cache", counted)
+    return builds
+
+
+def _flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _rewrite_meta(path: Path, drop: str = "", **changes: np.ndarray) -> None:
+    with np.load(path) as meta:
+        arrays = {k: v for k, v in meta.items() if k != drop} | changes
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+IMAGES_BYTES = 128 + 12 * 16 * 16 * 3  # 9,344: the .npy header and 12 rows of 16x16 RGB
+# (damage done to images file i and meta file m, the notice it must give)
+CACHE_DAMAGE: dict[str, tuple[Callable[[Path, Path], None], str]] = {
+    "images truncated": (lambda i, m: os.truncate(i, 4000), r"images\.npy: 4,000 bytes, expected 9,344; rebuilding"),
+    "images one byte longer": (lambda i, m: i.write_bytes(i.read_bytes() + b"\0"),
+                               r"images\.npy: 9,345 bytes, expected 9,344; rebuilding"),
+    "images empty (killed before the header)": (lambda i, m: os.truncate(i, 0), r"images\.npy: not a readable \.npy"),
+    "images byte flipped": (lambda i, m: _flip_byte(i, 5000), r"images\.npy: sha256 differs from the one in celeba-"),
+    "images header of another shape": (lambda i, m: np.save(i, np.zeros((12, 8, 8, 3), np.uint8)),
+                                       r"images\.npy: holds uint8 \(12, 8, 8, 3\), expected uint8 \(12, 16, 16, 3\)"),
+    "images missing": (lambda i, m: i.unlink(), r"images\.npy: missing; rebuilding"),
+    "meta missing": (lambda i, m: m.unlink(), r"meta\.npz: missing; rebuilding"),
+    "meta truncated": (lambda i, m: os.truncate(m, m.stat().st_size // 2), r"meta\.npz: unreadable \(BadZipFile"),
+    "meta garbage": (lambda i, m: m.write_bytes(b"\x93NUMPY garbage"), r"meta\.npz: unreadable"),
+    "meta byte flipped": (lambda i, m: _flip_byte(m, 200), r"meta\.npz: unreadable"),
+    "meta of another format version": (lambda i, m: _rewrite_meta(m, format_version=np.array(1)),
+                                       r"meta\.npz: format version 1, expected 2; rebuilding"),
+    "meta without a checksum (version 1 layout)": (
+        lambda i, m: _rewrite_meta(m, drop="images_sha256"),
+        r"meta\.npz: holds \[.*\], expected \[.*'images_sha256'.*\]; rebuilding"),
+    "meta of other annotations": (lambda i, m: _rewrite_meta(m, partition=np.zeros(12, np.int8)),
+                                  r"meta\.npz: does not describe these annotations; rebuilding"),
+}
+
+
+@pytest.mark.parametrize("case", CACHE_DAMAGE)
+def test_damaged_cache_is_rebuilt_with_a_notice(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                case: str) -> None:
+    cache = tmp_path / "cache"
+    first = _load(root, cache, workers=1)
+    fresh, key = _arrays(first), first.content_key
+    del first  # drop the mapping: the damage below changes the file under it
+    images, meta = cache / f"celeba-{key}.images.npy", cache / f"celeba-{key}.meta.npz"
+    assert images.stat().st_size == IMAGES_BYTES
+    damage, notice = CACHE_DAMAGE[case]
+    damage(images, meta)
+    builds = _count_builds(monkeypatch)
+
+    with pytest.warns(UserWarning) as caught:
+        healed = _load(root, cache, workers=1)
+    assert [str(w.message) for w in caught if re.search(notice, str(w.message))], [str(w.message) for w in caught]
+    assert builds == [1] and healed.content_key == key
+    assert _arrays(healed).keys() == fresh.keys()
+    for split, (images_array, attributes) in _arrays(healed).items():
+        np.testing.assert_array_equal(images_array, fresh[split][0])
+        np.testing.assert_array_equal(attributes, fresh[split][1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # healed for good: the next load is silent and builds nothing
+        _load(root, cache, workers=1)
+    assert builds == [1] and not list(cache.glob(".*"))
+
+
+def test_concurrent_builders_share_one_build(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # flock locks belong to an open file description, so two threads each opening the lock file exclude each
+    # other as two processes would.
+    cache = tmp_path / "cache"
+    builds = _count_builds(monkeypatch, delay=0.5)
+    start = threading.Barrier(2)
+    results: list[FaceDataset | BaseException] = []
+
+    def builder() -> None:
+        start.wait()
+        try:
+            results.append(_load(root, cache, workers=1))
+        except BaseException as error:  # reported by the assertion below, not lost in the thread
+            results.append(error)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        threads = [threading.Thread(target=builder) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert all(isinstance(r, FaceDataset) for r in results), results
+    assert builds == [1]
+    assert [str(w.message) for w in caught] == [f"{cache}/celeba-{results[0].content_key}.lock: another run is "
+                                               "building this cache; waiting for it"]  # type: ignore[union-attr]
+    one, two = (_arrays(r) for r in results)  # type: ignore[arg-type]
+    for partition, split in enumerate(("train", "val")):
+        expected_images, expected_attributes = _expected_split(root, partition, 16)
+        for arrays in (one, two):
+            np.testing.assert_array_equal(arrays[split][0], expected_images)
+            np.testing.assert_array_equal(arrays[split][1], expected_attributes)
+
+
+def test_read_only_cache_dir_with_a_valid_cache_still_loads(root: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    built = _arrays(_load(root, cache, workers=1))
+    for lock in cache.glob("*.lock"):
+        lock.unlink()
+
+    def read_only(path: Path, *args: object, **kwargs: object) -> object:
+        if str(path).endswith(".lock"):  # what open() of a new file says in a read-only dir (chmod is moot as root)
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(celeba, "open", read_only, raising=False)
+    loaded = _arrays(_load(root, cache, workers=1))
+    np.testing.assert_array_equal(loaded["train"][0], built["train"][0])
+    assert not list(cache.glob("*.lock"))
