@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from .attributes import AttributePrior
 from .baselines import Model, create_model
 from .config import ModelConfig
+from .faces import check_detection
 from .jmvae import JMVAE
 from .preprocess import Preprocessing
 
@@ -195,10 +196,18 @@ def export_checkpoint(source: Path, target: Path, dtype: torch.dtype = torch.flo
 
 
 def load_jmvae(path: Path, device: str | torch.device = "cpu") -> tuple[JMVAE, CheckpointMeta]:
-    """Like load_model, for readers that need the joint model itself (the service), not a baseline."""
+    """Like load_model, for readers that need the joint model itself (the service), not a baseline: it must also
+    have been trained on faces cropped as the service crops photos (`jmvae.model.faces`)."""
     model, meta = load_model(path, device)
     if not isinstance(model, JMVAE):
         raise CheckpointError(f"{path}: holds a {meta.model.kind.upper()} baseline, not a JMVAE")
+    if meta.preprocessing.crop != "detector":
+        raise CheckpointError(f"{path}: trained on the fixed crop of aligned CelebA images, but the service crops "
+                              "each photo around its detected face; retrain it (preprocessing.crop = 'detector')")
+    try:
+        check_detection(meta.preprocessing.detection)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: trained on another face crop: {e}") from None
     try:  # what completes the service's partial attribute vectors
         AttributePrior.from_summary(meta.data, meta.attribute_names)
     except ValueError as e:

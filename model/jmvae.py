@@ -13,10 +13,13 @@ from torch import nn
 from .config import ModelConfig
 from .distributions import LOG_2PI, DiagGaussian
 from .networks import AttributeDecoder, AttributeEncoder, ImageDecoder, ImageEncoder, JointEncoder
+from .preprocess import reframe
 
 # How a posterior is inferred when one modality is missing: "kl" uses the unimodal encoder q(z|x) or q(z|w)
 # trained by JMVAE-kl's extra terms; "zero" feeds zeros for the missing input to the joint encoder (JMVAE-zero).
 InferenceMode = Literal["kl", "zero"]
+# The crop sizes, relative to the face's own crop, that `attribute_probabilities` averages over (each mirrored too).
+ATTRIBUTE_VIEW_ZOOMS = (0.95, 1.0, 1.05)
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,21 @@ class JMVAE(nn.Module):
         lead = z.shape[:-1]
         return self.image_decoder(z.reshape(-1, z.shape[-1])).reshape(*lead, 3, self.config.image_size,
                                                                       self.config.image_size)
+
+    def attribute_probabilities(self, x: torch.Tensor, mode: InferenceMode = "kl") -> torch.Tensor:
+        """p(w_i = 1 | x) as the service answers it: p(w|z) at the mean of q(z|x) (mode "kl", or the joint encoder
+        with zeros), averaged over six views of each face: its crop at 0.95, 1 and 1.05 times its size, each also
+        mirrored (no CelebA attribute is left- or right-sided). The face detector's box for one face varies by a
+        few percent between photos of it; averaging over that range steadies the answer (bench/photos.py: the range
+        of P over copies of a val face at x0.75 to x6 and in a scene, 0.033 from one view for the default model)
+        and adds to its ROC AUC (`jmvae eval`: attr_auc_kl 0.860, attr_auc_served 0.862 on val)."""
+        n = len(x)
+        zooms = torch.tensor(ATTRIBUTE_VIEW_ZOOMS, device=x.device, dtype=x.dtype).repeat_interleave(n)
+        views = reframe(x.repeat(len(ATTRIBUTE_VIEW_ZOOMS), 1, 1, 1), zooms, torch.zeros((len(zooms), 2),
+                        device=x.device, dtype=x.dtype))
+        views = torch.cat([views, views.flip(-1)])
+        probabilities = torch.sigmoid(self.decode_attributes(self.infer(x=views, mode=mode).mean).float())
+        return probabilities.reshape(-1, n, self.config.n_attributes).mean(0)
 
     def decode_attributes(self, z: torch.Tensor) -> torch.Tensor:
         """Logits of p(w|z) for z of shape (..., D): (..., A)."""

@@ -1,19 +1,20 @@
 """The one place that turns a face photo into the model's input.
 
-The training cache (CelebA) and the HTTP service both go through these functions, so an uploaded photo is
-cropped, resampled and scaled exactly as the training faces were.
+The training cache (CelebA) and the HTTP service both go through these functions (and `jmvae.model.faces`, which
+finds the face), so an uploaded photo is cropped, resampled and scaled exactly as the training faces were.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Size of CelebA's img_align_celeba images, which `Preprocessing.aligned_box` is expressed in.
 ALIGNED_IMAGE_SIZE: tuple[int, int] = (178, 218)
@@ -25,6 +26,11 @@ TRANSPARENT_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 # Antialiased one-step crop+resample; recorded implicitly by `Preprocessing` (changing it changes the pixels).
 _RESAMPLE = Image.Resampling.LANCZOS
 _RESAMPLE_SUPPORT = 3.0  # Lanczos-3 kernel radius in output pixels
+# A box more than this many times the output's side is first reduced by an integer box filter to within it, then
+# resampled by Lanczos (PIL's reducing_gap): a 1,200-pixel face box of a 12-megapixel photo costs 5 ms, not 50,
+# and the result differs from the one-step Lanczos by 0.2-0.4 grey levels on average (at most 4) on a photo.
+# Training's 131-pixel CelebA boxes are unaffected.
+_REDUCING_GAP = 3.0
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -60,12 +66,35 @@ class CropBox(BaseModel):
         )
 
 
-# Measured, not guessed: OpenCV 4.12 haarcascade_frontalface_default.xml, detectMultiScale(gray,
-# scaleFactor=1.1, minNeighbors=5, minSize=(40, 40)) on all 5,340 images of the CelebA subset (178x218
-# img_align_celeba); a face was found in 5,143 (96.3%), the largest detection taken where there were several
-# (99 images). Each box was grown x1.3 about its centre; the medians of the grown boxes are left 21.4,
-# top 55.85, side 135.2 (the cascade's boxes are square); centre (89.0, 123.45), p10-p90 of the side 120.9-150.8.
-CELEBA_ALIGNED_BOX = CropBox(left=21.4, top=55.85, width=135.2, height=135.2)
+# The fallback crop of an aligned CelebA image in which no face is found, and the crop of `crop = "aligned"`:
+# the median of the detector's grown boxes on aligned CelebA images, so a miss is framed like a hit. Measured
+# with `python -m bench.faces --data ../shared/datasets/celeba-subset --aligned-box` (FaceDetection's
+# defaults, all 5,340 images of the subset: a face passed in 98.0%; median left 23.1, top 58.01, side 131.49;
+# p10-p90 of the side 120.6-144.1).
+CELEBA_ALIGNED_BOX = CropBox(left=23.1, top=58.01, width=131.49, height=131.49)
+
+
+class FaceDetection(BaseModel):
+    """How `jmvae.model.faces` finds a face: recorded in every checkpoint, so that a service applies exactly the
+    crop its model was trained on (and refuses a model trained on another)."""
+
+    model_config = _FROZEN
+
+    detector: str = Field("opencv-haar-refined", description="the algorithm, versioned by name")
+    cascade: str = Field("haarcascade_frontalface_alt2.xml", description="an OpenCV frontal-face cascade file")
+    min_face: float = Field(0.125, gt=0, le=1, description="the smallest face searched for, as a fraction of the "
+                            "photo's shorter side: a smaller face is not the subject of a portrait")
+    search_window: int = Field(24, ge=20, description="pixels of the smallest face in the coarse search image: "
+                               "the photo is searched at the resolution this sets, whatever its size")
+    scale_factor: float = Field(1.2, gt=1, description="coarse search: pyramid step")
+    min_neighbors: int = Field(3, ge=0)
+    refine_size: int = Field(96, ge=24, description="each candidate is searched again with its face at this size")
+    refine_scale_factor: float = Field(1.05, gt=1)
+    # Below the weakest true face that bench/faces.py finds in its scenes (55.2), so that it drops only candidates
+    # weaker than any face seen on the subset. Level weights are on each cascade's own scale.
+    min_confidence: float = Field(54.75, description="the refined detection's level weight must reach this")
+    box_scale: float = Field(1.3, gt=0, description="the face box is grown by this about its centre (the "
+                             "paper's framing)")
 
 
 class Preprocessing(BaseModel):
@@ -74,9 +103,22 @@ class Preprocessing(BaseModel):
     model_config = _FROZEN
 
     image_size: int = Field(default=64, ge=1)
+    crop: Literal["detector", "aligned"] = Field(
+        "detector", description="detector: around each photo's own face detection, as the service crops uploads; "
+        "aligned: the fixed `aligned_box` of an aligned CelebA image")
+    detection: FaceDetection = FaceDetection()
     aligned_box: CropBox = CELEBA_ALIGNED_BOX  # in img_align_celeba's 178x218 pixel coordinates
-    detector_box_scale: float = Field(default=1.3, gt=0)  # a Haar-cascade face box is grown by this
     normalisation: Literal["unit"] = "unit"  # pixels / 255 -> [0, 1]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        # Checkpoints of jmvae <= 0.1 cropped every training image with the fixed aligned box and recorded only the
+        # box scale of the detector that box was measured with.
+        if isinstance(data, dict) and "detector_box_scale" in data and "crop" not in data:
+            data = {k: v for k, v in data.items() if k != "detector_box_scale"}
+            data["crop"] = "aligned"
+        return data
 
     def aligned_box_for(self, width: int, height: int) -> CropBox:
         """The aligned box for an aligned-CelebA image resized to width x height (each axis scaled alone,
@@ -131,16 +173,30 @@ def crop_face(image: Image.Image, box: CropBox, size: int) -> np.ndarray:
     margin = math.ceil(_RESAMPLE_SUPPORT * max(box.width, box.height) / size) + 1
     x0, y0 = math.floor(box.left) - margin, math.floor(box.top) - margin
     x1, y1 = math.ceil(box.right) + margin, math.ceil(box.bottom) + margin
-    # The part of the region inside the image, at least one pixel so a box wholly outside still has an edge.
-    cx0, cy0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
-    cx1, cy1 = max(min(x1, width), cx0 + 1), max(min(y1, height), cy0 + 1)
-    inside = np.asarray(image.crop((cx0, cy0, cx1, cy1)))
-    # Edge padding by index clamping: each region pixel takes the nearest inside pixel.
-    rows = np.clip(np.arange(y0, y1), cy0, cy1 - 1) - cy0
-    cols = np.clip(np.arange(x0, x1), cx0, cx1 - 1) - cx0
-    region = Image.fromarray(np.ascontiguousarray(inside[rows[:, None], cols[None, :]]), mode="RGB")
+    if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
+        region = image.crop((x0, y0, x1, y1))
+    else:
+        # The part of the region inside the image, at least one pixel so a box wholly outside still has an edge.
+        cx0, cy0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
+        cx1, cy1 = max(min(x1, width), cx0 + 1), max(min(y1, height), cy0 + 1)
+        inside = np.asarray(image.crop((cx0, cy0, cx1, cy1)))
+        # Edge padding by index clamping: each region pixel takes the nearest inside pixel.
+        rows = np.clip(np.arange(y0, y1), cy0, cy1 - 1) - cy0
+        cols = np.clip(np.arange(x0, x1), cx0, cx1 - 1) - cx0
+        region = Image.fromarray(np.ascontiguousarray(inside[rows[:, None], cols[None, :]]), mode="RGB")
     local_box = (box.left - x0, box.top - y0, box.right - x0, box.bottom - y0)
-    return np.asarray(region.resize((size, size), resample=_RESAMPLE, box=local_box), dtype=np.uint8).copy()
+    resized = region.resize((size, size), resample=_RESAMPLE, box=local_box, reducing_gap=_REDUCING_GAP)
+    return np.asarray(resized, dtype=np.uint8).copy()
+
+
+def reframe(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Normalised faces (N, 3, S, S) as if each crop box had been drawn `scale` (N,) times as large about its
+    centre and moved by `shift` (N, 2) of its side (x, y); bilinear, edges repeated as `crop_face` pads."""
+    theta = torch.zeros((len(x), 2, 3), device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, :, 2] = 2 * shift  # the grid spans [-1, 1]: 2 units per side
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

@@ -26,19 +26,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jmvae.model.faces import FaceCrop, FaceCropper
 from jmvae.model.render import grid
 
 from .batching import QueueFull
 from .bodies import StandardJSONRoute, parse_json, read_form
 from .engine import Engine, GenerateJob
-from .faces import NO_FACE_NOTE, FaceCrop, FaceDetector
+from .faces import BadBox, check_inside, face_fields, parse_box
 from .images import ImageRejected, decode_upload
 from .logs import RequestContext
 from .metrics import ServiceMetrics
 from .render import IMAGE_MEDIA_TYPES, encode_image, png_base64
 from .schemas import (
     AttributesResponse,
-    Box,
     EditChanges,
     EditResponse,
     ErrorBody,
@@ -72,13 +72,17 @@ IMAGE_RESPONSE: dict[str, Any] = {
 }
 IMAGE_PART: dict[str, Any] = {"type": "string", "format": "binary",
                               "description": "a JPEG, PNG or WebP photo with one face"}
+BOX_PART: dict[str, Any] = {"type": "string", "description": "optional: the face's box in the photo's pixels, as "
+                            "JSON; the crop is it grown ×1.3, and no face detection runs",
+                            "examples": ['{"left": 140, "top": 95, "width": 210, "height": 210}']}
 CHANGES_PART: dict[str, Any] = {"type": "string", "description": 'JSON object of attribute values, e.g. {"Smiling": 2}',
                                 "examples": ['{"Smiling": 2, "Eyeglasses": 1}']}
 
 
 def _multipart(**parts: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI request body of a form read by `read_form`: FastAPI documents only bodies it reads itself."""
-    schema = {"type": "object", "properties": parts, "required": list(parts), "additionalProperties": False}
+    required = [name for name, part in parts.items() if part is not BOX_PART]
+    schema = {"type": "object", "properties": parts, "required": required, "additionalProperties": False}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
@@ -182,13 +186,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         engine = Engine.load(settings, metrics)  # a bad checkpoint stops the start here
-        detector = FaceDetector(engine.meta.preprocessing)
+        cropper = FaceCropper(engine.meta.preprocessing)  # the crop its model was trained on (load_jmvae checks)
         logger.info("loaded %s on %s (%s inference)", engine.checkpoint.name, engine.device, engine.mode)
         await engine.start()
         warm_up = asyncio.create_task(engine.warm_up())
         warm_up.add_done_callback(_report_warm_up_failure)
         try:
-            yield {"engine": engine, "detector": detector}
+            yield {"engine": engine, "cropper": cropper}
         finally:
             warm_up.cancel()
             await engine.stop()
@@ -272,19 +276,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return engine
 
     async def read_upload(request: Request, *fields: str) -> tuple[bytes, dict[str, str]]:
-        return await read_form(request, "image", fields, max_bytes=max_body, max_field_bytes=MULTIPART_OVERHEAD)
+        return await read_form(request, "image", fields, max_bytes=max_body, max_field_bytes=MULTIPART_OVERHEAD,
+                               optional=("box",))
 
-    async def face_from_upload(request: Request, data: bytes) -> FaceCrop:
-        detector: FaceDetector = request.state.detector
+    async def face_from_upload(request: Request, data: bytes, box_field: str | None) -> FaceCrop:
+        cropper: FaceCropper = request.state.cropper
+        try:
+            face_box = parse_box(box_field) if box_field is not None else None  # before the costly decode
 
-        def prepare() -> FaceCrop:
-            image = decode_upload(data, settings.max_image_pixels, settings.max_upload_bytes)
-            return detector.crop(image)
+            def prepare() -> FaceCrop:
+                image = decode_upload(data, settings.max_image_pixels, settings.max_upload_bytes)
+                if face_box is not None:
+                    check_inside(face_box, image.size)
+                return cropper.crop(image, face_box)
 
-        return await run_in_threadpool(prepare)
-
-    def box(face: FaceCrop) -> Box:
-        return Box(left=face.box.left, top=face.box.top, width=face.box.width, height=face.box.height)
+            return await run_in_threadpool(prepare)
+        except BadBox as e:
+            raise RequestValidationError([{"loc": ("box",), "msg": str(e)}]) from None
 
     def check_names(engine: Engine, values: dict[str, float], field: str) -> None:
         unknown = sorted(set(values) - set(engine.attribute_names))
@@ -332,16 +340,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/attributes", tags=["model"], summary="Face photo → attribute probabilities",
               response_model=AttributesResponse,
               responses={k: ERRORS[k] for k in (401, 413, 415, 422, 503)},
-              openapi_extra=_multipart(image=IMAGE_PART))
+              openapi_extra=_multipart(image=IMAGE_PART, box=BOX_PART))
     async def attributes(request: Request) -> AttributesResponse:
         engine = ready_engine(request)
-        image, _ = await read_upload(request)
-        face = await face_from_upload(request, image)
+        image, fields = await read_upload(request)
+        face = await face_from_upload(request, image, fields.get("box"))
         encoded = await engine.encode(face.pixels)
         probabilities = dict(zip(engine.attribute_names, map(float, encoded.probabilities)))
         return AttributesResponse(
-            probabilities=probabilities, present=[n for n, p in probabilities.items() if p >= 0.5], box=box(face),
-            face_detected=face.detected, note=None if face.detected else NO_FACE_NOTE,
+            probabilities=probabilities, present=[n for n, p in probabilities.items() if p >= 0.5],
+            **face_fields(face),
         )
 
     @app.post("/generate", tags=["model"], summary="Attributes → average face and random faces",
@@ -370,7 +378,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/edit", tags=["model"], summary="Face photo + attribute changes → edited face",
               response_model=EditResponse,
               responses={200: IMAGE_RESPONSE} | {k: ERRORS[k] for k in (401, 413, 415, 422, 503)},
-              openapi_extra=_multipart(image=IMAGE_PART, changes=CHANGES_PART))
+              openapi_extra=_multipart(image=IMAGE_PART, changes=CHANGES_PART, box=BOX_PART))
     async def edit(request: Request) -> Any:
         engine = ready_engine(request)
         image, fields = await read_upload(request, "changes")
@@ -381,7 +389,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ValueError as e:  # after ValidationError, which is a ValueError too
             raise RequestValidationError([{"loc": ("changes",), "msg": f"not valid JSON ({e})"}]) from None
         check_names(engine, parsed, "changes")
-        face = await face_from_upload(request, image)
+        face = await face_from_upload(request, image, fields.get("box"))
         encoded = await engine.encode(face.pixels)
         w = np.where(encoded.probabilities >= 0.5, 1.0, -1.0).astype(np.float32)
         w_prime = w.copy()
@@ -400,8 +408,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return EditResponse(
             probabilities=dict(zip(names, map(float, encoded.probabilities))),
             attributes=dict(zip(names, map(float, w))), edited_attributes=dict(zip(names, map(float, w_prime))),
-            box=box(face), face_detected=face.detected, note=None if face.detected else NO_FACE_NOTE,
-            input_face=images[0], x_mean=images[1], x_prime_mean=images[2], edited_face=images[3],
+            **face_fields(face), input_face=images[0], x_mean=images[1], x_prime_mean=images[2], edited_face=images[3],
         )
 
     return app

@@ -165,17 +165,17 @@ def _in_process(checkpoint: Path | None, image: bytes, batch_size: int, seconds:
     """The pipeline without HTTP: images/s of decode → detect and crop → model → JSON at `batch_size`, and
     each stage's cost per image (which bounds what batching the model can gain end to end)."""
     from jmvae.model.checkpoint import load_jmvae
-    from jmvae.model.preprocess import normalise
     from jmvae.model.device import resolve_device
+    from jmvae.model.faces import FaceCropper
+    from jmvae.model.preprocess import normalise
     from jmvae.service.engine import DEFAULT_CHECKPOINT
-    from jmvae.service.faces import FaceDetector
     from jmvae.service.images import decode_upload
 
     import torch
 
     device = resolve_device("auto")
     model, meta = load_jmvae(checkpoint or DEFAULT_CHECKPOINT, device)
-    detector = FaceDetector(meta.preprocessing)
+    detector = FaceCropper(meta.preprocessing)
 
     def attributes(faces: list[np.ndarray]) -> np.ndarray:
         with torch.inference_mode():

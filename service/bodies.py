@@ -62,9 +62,11 @@ def _invalid(field: str, message: str) -> RequestValidationError:
 
 
 async def read_form(
-    request: Request, file: str, fields: tuple[str, ...], max_bytes: int, max_field_bytes: int
+    request: Request, file: str, fields: tuple[str, ...], max_bytes: int, max_field_bytes: int,
+    optional: tuple[str, ...] = (),
 ) -> tuple[bytes, dict[str, str]]:
-    """The one file part and the text fields of a multipart/form-data body: exactly one part per name, no others.
+    """The one file part and the text fields of a multipart/form-data body: exactly one part per name in `file` and
+    `fields`, at most one per name in `optional`, no others.
 
     The file is held in memory up to `max_bytes` (the body limit, enforced as the body streams in), where
     Starlette's own form reading spools any file over 1 MB to a temporary file: no upload is written to disk.
@@ -90,14 +92,18 @@ async def read_form(
             count = len(form.getlist(name))
             if count != 1:
                 raise _invalid(name, "Field required" if count == 0 else f"send exactly one {name!r} part, not {count}")
-        unexpected = sorted(set(form) - set(names))
+        for name in optional:
+            count = len(form.getlist(name))
+            if count > 1:
+                raise _invalid(name, f"send at most one {name!r} part, not {count}")
+        unexpected = sorted(set(form) - set(names) - set(optional))
         if unexpected:
-            raise _invalid(unexpected[0], f"unexpected part; send only {', '.join(names)}")
+            raise _invalid(unexpected[0], f"unexpected part; send only {', '.join((*names, *optional))}")
         upload = form[file]
         if not isinstance(upload, UploadFile):
             raise _invalid(file, "must be a file part (one with a filename), not a text field")
         texts: dict[str, str] = {}
-        for name in fields:
+        for name in (*fields, *(n for n in optional if n in form)):
             text = form[name]
             if not isinstance(text, str):
                 raise _invalid(name, "must be a text field, not a file part")

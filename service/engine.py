@@ -30,7 +30,7 @@ DEFAULT_CHECKPOINT = Path(__file__).parent / "default_model" / "jmvae-default.sa
 class Encoded:
     """Image path output for one face."""
 
-    probabilities: np.ndarray  # (A,) float32, p(w_i = 1 | mean of q(z|x))
+    probabilities: np.ndarray  # (A,) float32, p(w_i = 1 | x), JMVAE.attribute_probabilities
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,7 @@ class Engine:
     @torch.inference_mode()
     def _encode_images(self, faces: Sequence[np.ndarray]) -> list[Encoded]:
         x = normalise(torch.from_numpy(np.stack(faces)).to(self.device))
-        z = self.model.infer(x=x, mode=self.mode).mean
-        probabilities = torch.sigmoid(self.model.decode_attributes(z)).float().cpu().numpy()
+        probabilities = self.model.attribute_probabilities(x, mode=self.mode).cpu().numpy()
         return [Encoded(p) for p in probabilities]
 
     @torch.inference_mode()

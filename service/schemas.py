@@ -28,22 +28,44 @@ class Box(BaseModel):
     height: float
 
 
+class FaceBox(BaseModel):
+    """A face's box in the photo's pixels, as a face detector reports it; the crop is this box grown by the
+    checkpoint's framing (×1.3), exactly as around a detected face."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    left: float = Field(ge=0)
+    top: float = Field(ge=0)
+    width: float = Field(gt=0)
+    height: float = Field(gt=0)
+
+
+class FaceFields(BaseModel):
+    """Which part of the photo the model saw, and why."""
+
+    box: Box = Field(description="the crop of the uploaded image that was fed to the model, in its pixels")
+    face_box: Box | None = Field(None, description="the detected face the answer is for, before the framing "
+                                 "(×1.3); send it back as `box` to skip detection. None without a detection")
+    face_detected: bool = Field(description="a face passed the detector's confidence threshold")
+    faces_found: int = Field(0, description="faces that passed the detector; the answer is for the most confident")
+    note: str | None = Field(None, description="set when no face was found (centre crop), the client's box was "
+                             "used, or several faces were found")
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="machine-readable code")
     detail: str = Field(description="what was wrong, in one line")
 
 
-class AttributesResponse(BaseModel):
+class AttributesResponse(FaceFields):
     probabilities: dict[str, float] = Field(description="p(attribute present | image), by attribute name")
     present: list[str] = Field(description="attributes with probability ≥ 0.5")
-    box: Box = Field(description="the crop of the uploaded image that was fed to the model, in its pixels")
-    face_detected: bool
-    note: str | None = Field(None, description="set when no face was found and a centre crop was used")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "probabilities": {"Male": 0.93, "Smiling": 0.12, "Eyeglasses": 0.02},
         "present": ["Male"], "box": {"left": 120.0, "top": 80.0, "width": 260.0, "height": 260.0},
-        "face_detected": True, "note": None,
+        "face_box": {"left": 150.0, "top": 110.0, "width": 200.0, "height": 200.0},
+        "face_detected": True, "faces_found": 1, "note": None,
     }]})
 
 
@@ -88,11 +110,13 @@ class EditChanges(BaseModel):
     _finite = field_validator("changes")(_finite)
 
 
-class EditResponse(BaseModel):
+class EditResponse(FaceFields):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "probabilities": {"Smiling": 0.08, "Eyeglasses": 0.01}, "attributes": {"Smiling": -1.0, "Eyeglasses": -1.0},
         "edited_attributes": {"Smiling": 2.0, "Eyeglasses": -1.0},
-        "box": {"left": 18.3, "top": 52.3, "width": 144.3, "height": 144.3}, "face_detected": True, "note": None,
+        "box": {"left": 18.3, "top": 52.3, "width": 144.3, "height": 144.3},
+        "face_box": {"left": 39.9, "top": 74.0, "width": 111.0, "height": 111.0}, "face_detected": True,
+        "faces_found": 1, "note": None,
         "input_face": "iVBORw0KGgo...", "x_mean": "iVBORw0KGgo...", "x_prime_mean": "iVBORw0KGgo...",
         "edited_face": "iVBORw0KGgo...",
     }]})
@@ -100,9 +124,6 @@ class EditResponse(BaseModel):
     probabilities: dict[str, float] = Field(description="attributes predicted for the input face")
     attributes: dict[str, float] = Field(description="w: the predicted attributes as -1/1")
     edited_attributes: dict[str, float] = Field(description="w′: w with the changes applied")
-    box: Box
-    face_detected: bool
-    note: str | None = None
     input_face: str = Field(description="base64 PNG: x, the 64×64 crop the model saw")
     x_mean: str = Field(description="base64 PNG: the average face of w")
     x_prime_mean: str = Field(description="base64 PNG: the average face of w′")

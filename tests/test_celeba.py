@@ -376,7 +376,7 @@ def test_concurrent_builders_share_one_build(root: Path, tmp_path: Path, monkeyp
     assert all(isinstance(r, FaceDataset) for r in results), results
     assert builds == [1]
     assert [str(w.message) for w in caught] == [f"{cache}/celeba-{results[0].content_key}.lock: another run is "
-                                               "building this cache; waiting for it"]  # type: ignore[union-attr]
+                                               "building or checking this cache; waiting for it"]  # type: ignore[union-attr]
     one, two = (_arrays(r) for r in results)  # type: ignore[arg-type]
     for partition, split in enumerate(("train", "val")):
         expected_images, expected_attributes = _expected_split(root, partition, 16)
@@ -401,3 +401,55 @@ def test_read_only_cache_dir_with_a_valid_cache_still_loads(root: Path, tmp_path
     loaded = _arrays(_load(root, cache, workers=1))
     np.testing.assert_array_equal(loaded["train"][0], built["train"][0])
     assert not list(cache.glob("*.lock"))
+
+
+def test_cache_holds_the_services_crop_of_an_upload_of_each_file(root: Path, tmp_path: Path) -> None:
+    # One function from photo to model input: what training sees of a file is, pixel for pixel, what the service
+    # crops from an upload of the same file, a detected face (grown x1.3) or the aligned fallback alike.
+    from matplotlib import cbook
+
+    from jmvae.model.faces import FaceCropper
+    from jmvae.service.images import decode_upload
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as portrait:
+        face = portrait.convert("RGB").resize((178, 218), Image.Resampling.LANCZOS, box=(40, 0, 472, 529))
+    face_name = sorted(n for n, p in zip(NAMES, PARTITION) if p == 0)[0]
+    face.save(root / "img_align_celeba" / face_name, quality=90)
+    dataset = _load(root, tmp_path / "cache")
+    cropper = FaceCropper(PREP)
+    sources = set()
+    for split, partition in (("train", 0), ("val", 1)):
+        names = sorted(n for n, p in zip(NAMES, PARTITION) if p == partition)
+        for name, cached in zip(names, dataset.splits[split].images, strict=True):
+            upload = (root / "img_align_celeba" / name).read_bytes()
+            crop = cropper.crop(decode_upload(upload, max_pixels=10_000_000))
+            np.testing.assert_array_equal(cached, crop.pixels)
+            sources.add((name == face_name, crop.source))
+    assert sources == {(True, "detected"), (False, "fallback")}
+    aligned = _load(root, tmp_path / "aligned", preprocessing=PREP.model_copy(update={"crop": "aligned"}))
+    assert not np.array_equal(aligned.splits["train"].images[0], dataset.splits["train"].images[0])
+
+
+def test_eval_crops_as_the_checkpoint_did_or_as_asked(root: Path, tmp_path: Path, tiny_checkpoint: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from matplotlib import cbook
+
+    from jmvae.training.cli import main
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as portrait:
+        face = portrait.convert("RGB").resize((178, 218), Image.Resampling.LANCZOS, box=(40, 0, 472, 529))
+    for name in (n for n, p in zip(NAMES, PARTITION) if p == 1):
+        face.save(root / "img_align_celeba" / name, quality=90)
+    printed = {}
+    for crop in (None, "detector", "aligned"):
+        args = ["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(root), "--k", "2", "--nw", "2",
+                "--cache-dir", str(tmp_path / "cache"), "--no-progress"] + (["--crop", crop] if crop else [])
+        assert main(args) == 0
+        printed[crop] = json.loads(capsys.readouterr().out)
+    # The tiny checkpoint was trained with the default crop, the service's: eval uses it unless told otherwise.
+    assert printed[None]["crop"] == printed["detector"]["crop"] == "detector" and printed["aligned"]["crop"] == "aligned"
+    assert printed[None]["log_px_single"] == printed["detector"]["log_px_single"]
+    assert printed["aligned"]["log_px_single"] != printed["detector"]["log_px_single"]
+    assert len(list((tmp_path / "cache").glob("celeba-*.images.npy"))) == 2  # one cache per crop

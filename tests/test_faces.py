@@ -5,19 +5,18 @@ import cv2
 import numpy as np
 import pytest
 from matplotlib import cbook
-from PIL import Image
+from PIL import Image, ImageFilter
 
-from jmvae.model.preprocess import ALIGNED_IMAGE_SIZE, CropBox, Preprocessing, crop_face
-from jmvae.service import faces
-from jmvae.service.faces import FaceDetector
+from jmvae.model.faces import FaceCropper
+from jmvae.model.preprocess import ALIGNED_IMAGE_SIZE, CropBox, FaceDetection, Preprocessing, crop_face
 from jmvae.service.images import decode_upload
 
 PREPROCESSING = Preprocessing()
 
 
 @pytest.fixture(scope="module")
-def detector() -> FaceDetector:
-    return FaceDetector(PREPROCESSING)
+def cropper() -> FaceCropper:
+    return FaceCropper(PREPROCESSING)
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +27,11 @@ def portrait() -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def portrait_box(detector: FaceDetector, portrait: Image.Image) -> CropBox:
-    box = detector.find(portrait)
-    assert box is not None
-    return box
+def portrait_box(cropper: FaceCropper, portrait: Image.Image) -> CropBox:
+    """The portrait's crop: its face grown x1.3."""
+    crop = cropper.crop(portrait)
+    assert crop.detected
+    return crop.box
 
 
 def _iou(a: CropBox, b: CropBox) -> float:
@@ -60,61 +60,106 @@ def _scene(width: int, height: int, face: Image.Image, face_width: int, at: tupl
     return scene
 
 
-def test_largest_detection_is_grown_about_its_centre(detector: FaceDetector, portrait: Image.Image) -> None:
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    grey = cv2.cvtColor(np.asarray(portrait), cv2.COLOR_RGB2GRAY)
-    faces = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(40, 40))
-    x, y, w, h = (float(v) for v in max(faces, key=lambda f: f[2] * f[3]))
-    box = detector.find(portrait)
-    assert box is not None
-    expected = CropBox(left=x, top=y, width=w, height=h).scaled(PREPROCESSING.detector_box_scale)
-    assert box.model_dump() == pytest.approx(expected.model_dump())
+def test_a_face_is_its_refined_detection_grown_about_its_centre(cropper: FaceCropper, portrait: Image.Image) -> None:
+    faces = cropper.detect(portrait)
+    assert len(faces) == 1 and faces[0].confidence >= PREPROCESSING.detection.min_confidence
+    crop = cropper.crop(portrait)
+    assert crop.detected and crop.source == "detected" and crop.faces == tuple(faces)
+    assert crop.box == faces[0].box.scaled(PREPROCESSING.detection.box_scale)
     # The face is Grace Hopper's: centred, in the upper half, about half the photo wide once grown.
+    box = crop.box
     assert 200 < box.left + box.width / 2 < 310 and 150 < box.top + box.height / 2 < 280
     assert 0.4 < box.width / portrait.width < 0.7
 
 
-def test_detector_parameters_are_those_the_aligned_box_was_measured_with() -> None:
-    # Preprocessing.aligned_box is the median grown box of exactly this detector on CelebA: change one and
-    # uploads are framed differently from the training faces (re-measure the box instead).
-    assert faces.CASCADE_FILE == "haarcascade_frontalface_default.xml"
-    assert (faces.SCALE_FACTOR, faces.MIN_NEIGHBORS, faces.MIN_SIZE) == (1.1, 5, (40, 40))
+def _two_faces(portrait: Image.Image, degrade: str) -> Image.Image:
+    """The portrait small and clear on the left, and larger but degraded on the right."""
+    scene = Image.new("RGB", (1000, 700), (128, 128, 128))
+    scene.paste(portrait.resize((300, 352), Image.Resampling.LANCZOS), (20, 300))
+    weak = portrait.resize((420, 492), Image.Resampling.LANCZOS)
+    weak = weak.rotate(15, fillcolor=(128, 128, 128)) if degrade == "tilted" else weak.filter(ImageFilter.GaussianBlur(9))
+    scene.paste(weak, (520, 60))
+    return scene
 
 
-def test_the_largest_of_several_faces_is_taken(detector: FaceDetector, portrait: Image.Image) -> None:
-    scene = _scene(900, 600, portrait, 200, (30, 60))
-    scene.paste(portrait.resize((320, 375), Image.Resampling.LANCZOS), (520, 100))
-    box = detector.find(scene)
-    assert box is not None and box.left > 520 and box.width > 320 * 0.4
+@pytest.mark.parametrize("degrade", ["tilted", "blurred"])
+def test_the_most_confident_face_is_answered_for_not_the_largest(
+    cropper: FaceCropper, portrait: Image.Image, degrade: str
+) -> None:
+    crop = cropper.crop(_two_faces(portrait, degrade))
+    assert crop.detected and len(crop.faces) == 2
+    strong, weak = crop.faces
+    assert strong.confidence > weak.confidence
+    assert strong.box.right < 400 < weak.box.left and weak.box.width > strong.box.width
+    assert crop.box == strong.box.scaled(PREPROCESSING.detection.box_scale)
+
+
+def test_faces_below_the_confidence_threshold_are_dropped(portrait: Image.Image) -> None:
+    scene = _two_faces(portrait, "tilted")
+    weak = FaceCropper(PREPROCESSING).detect(scene)[1].confidence
+    strict = FaceCropper(PREPROCESSING.model_copy(update={"detection": FaceDetection(min_confidence=weak + 0.01)}))
+    faces = strict.detect(scene)
+    assert len(faces) == 1 and faces[0].box.right < 400
+    # ... and with every face below it, the photo has none: the fallback framing, not a weak guess.
+    none = FaceCropper(PREPROCESSING.model_copy(update={"detection": FaceDetection(min_confidence=1e6)}))
+    crop = none.crop(scene)
+    assert not crop.detected and crop.source == "fallback" and crop.faces == ()
+
+
+def test_a_client_box_is_framed_as_a_detection(cropper: FaceCropper, portrait: Image.Image) -> None:
+    face = cropper.detect(portrait)[0].box
+    crop = cropper.crop(portrait, face)
+    assert crop.source == "client" and not crop.detected and crop.faces == ()
+    assert crop.box == face.scaled(PREPROCESSING.detection.box_scale)
+    np.testing.assert_array_equal(crop.pixels, cropper.crop(portrait).pixels)
 
 
 class _SpyCascade:
     def __init__(self, cascade: cv2.CascadeClassifier) -> None:
-        self.cascade, self.shapes = cascade, []
+        self.cascade, self.shapes, self.steps = cascade, [], []
 
-    def detectMultiScale(self, grey: np.ndarray, **options: object) -> object:  # noqa: N802 (OpenCV's name)
+    def detectMultiScale3(self, grey: np.ndarray, **options: object) -> object:  # noqa: N802 (OpenCV's name)
         self.shapes.append(grey.shape)
-        return self.cascade.detectMultiScale(grey, **options)
+        self.steps.append(options["scaleFactor"])
+        return self.cascade.detectMultiScale3(grey, **options)
+
+    def getOriginalWindowSize(self) -> tuple[int, int]:  # noqa: N802
+        return self.cascade.getOriginalWindowSize()
 
 
-@pytest.mark.parametrize(
-    ("size", "searched"), [((4000, 3000), (480, 640)), ((700, 1000), (640, 448)), ((500, 400), (400, 500))]
-)
-def test_big_photos_are_searched_at_most_640_pixels_long(
+@pytest.mark.parametrize(("size", "searched"), [((4000, 3000), (192, 256)), ((700, 1000), (274, 192)),
+                                                ((200, 160), (160, 200))])
+def test_photos_are_searched_at_the_resolution_their_smallest_face_needs(
     portrait: Image.Image, portrait_box: CropBox, size: tuple[int, int], searched: tuple[int, int]
 ) -> None:
-    detector = FaceDetector(PREPROCESSING)
-    spy = _SpyCascade(detector._cascade)
-    detector._cascade = spy
+    # The smallest face worth answering for is 1/8 of the shorter side; it is searched for at the cascade's own
+    # search_window (24 px, so the shorter side is searched at 192 px), whatever the photo's size; a smaller photo
+    # at its own size.
+    cropper = FaceCropper(PREPROCESSING)
+    spy = _SpyCascade(cropper._cascade)
+    cropper._cascade = spy
     face_width = min(size) // 2
-    box = detector.find(_scene(*size, portrait, face_width, (10, 10)))
-    assert spy.shapes == [searched]
+    faces = cropper.detect(_scene(*size, portrait, face_width, (10, 10)))
+    assert spy.shapes[0] == searched
     expected_width = portrait_box.width * face_width / portrait.width
-    assert box is not None and abs(box.width / expected_width - 1) < 0.2  # mapped back to full size
+    # Mapped back to full size (a face of 40 px, as in the smallest photo, is boxed to within 15%).
+    assert faces and abs(faces[0].box.scaled(1.3).width / expected_width - 1) < 0.15
+    # Each candidate is then searched again with the face at refine_size in a region 1.75 times its box.
+    assert all(shape == (168, 168) for shape in spy.shapes[1:]) and len(spy.shapes) >= 2
+
+
+def test_a_photo_without_a_coarse_hit_is_searched_once_more_in_finer_steps() -> None:
+    cropper = FaceCropper(PREPROCESSING)
+    spy = _SpyCascade(cropper._cascade)
+    cropper._cascade = spy
+    flat = Image.new("RGB", (2000, 1500), (90, 90, 90))
+    assert cropper.detect(flat) == []
+    assert spy.shapes == [(192, 256), (192, 256)]
+    assert spy.steps == [PREPROCESSING.detection.scale_factor, PREPROCESSING.detection.refine_scale_factor]
 
 
 def test_aligned_celeba_like_image_is_cropped_as_training_crops(
-    detector: FaceDetector, portrait: Image.Image, portrait_box: CropBox
+    cropper: FaceCropper, portrait: Image.Image, portrait_box: CropBox
 ) -> None:
     # Rescale and crop the portrait so that its grown detection lands on the aligned box of a 178x218
     # image: what an img_align_celeba image is, by the measurement behind `aligned_box`.
@@ -127,7 +172,7 @@ def test_aligned_celeba_like_image_is_cropped_as_training_crops(
     region = (left, top, left + width / k, top + height / k)
     aligned = padded.resize((width, height), Image.Resampling.LANCZOS, box=region)
 
-    crop = detector.crop(aligned)
+    crop = cropper.crop(aligned)
     training = crop_face(aligned, aligned_box, PREPROCESSING.image_size)
     assert crop.detected
     assert _iou(crop.box, aligned_box) > 0.8
@@ -149,7 +194,7 @@ def test_aligned_celeba_like_image_is_cropped_as_training_crops(
     ],
 )
 def test_framing_does_not_depend_on_where_the_face_is(
-    detector: FaceDetector,
+    cropper: FaceCropper,
     portrait: Image.Image,
     portrait_box: CropBox,
     size: tuple[int, int],
@@ -157,7 +202,7 @@ def test_framing_does_not_depend_on_where_the_face_is(
     at: tuple[int, int],
 ) -> None:
     scene = _scene(*size, portrait, face_width, at)
-    crop = detector.crop(scene)
+    crop = cropper.crop(scene)
     s = face_width / portrait.width
     expected = CropBox(
         left=at[0] + portrait_box.left * s, top=at[1] + portrait_box.top * s,
@@ -172,36 +217,36 @@ def test_framing_does_not_depend_on_where_the_face_is(
 
 
 def test_face_in_exif_rotated_upload_is_found_after_decoding(
-    detector: FaceDetector, portrait: Image.Image, portrait_box: CropBox
+    cropper: FaceCropper, portrait: Image.Image, portrait_box: CropBox
 ) -> None:
     stored = portrait.transpose(Image.Transpose.ROTATE_90)  # as a phone held sideways stores it
     exif = Image.Exif()
     exif[0x0112] = 6  # display turned 90 degrees clockwise
     buffer = io.BytesIO()
     stored.save(buffer, "JPEG", quality=92, exif=exif.tobytes())
-    assert detector.find(stored) is None  # a frontal-face cascade does not find a face lying on its side
+    assert cropper.detect(stored) == []  # a frontal-face cascade does not find a face lying on its side
     upright = decode_upload(buffer.getvalue(), max_pixels=10_000_000)
-    box = detector.find(upright)
-    assert box is not None and _iou(box, portrait_box) > 0.9
+    crop = cropper.crop(upright)
+    assert crop.detected and _iou(crop.box, portrait_box) > 0.9
 
 
 @pytest.mark.parametrize("kind", ["noise", "flat"])
-def test_no_face_gives_the_largest_centred_square(detector: FaceDetector, kind: str) -> None:
+def test_no_face_gives_the_largest_centred_square(cropper: FaceCropper, kind: str) -> None:
     if kind == "noise":
         pixels = np.random.default_rng(3).integers(0, 256, (200, 300, 3), dtype=np.uint8)
     else:
         pixels = np.full((200, 300, 3), 120, np.uint8)
     image = Image.fromarray(pixels)
-    crop = detector.crop(image)
+    crop = cropper.crop(image)
     assert not crop.detected
     assert crop.box == CropBox(left=50, top=0, width=200, height=200)
     np.testing.assert_array_equal(crop.pixels, crop_face(image, crop.box, PREPROCESSING.image_size))
-    assert detector.find(image) is None
+    assert cropper.detect(image) == []
 
 
 @pytest.mark.parametrize("size", [(1, 1), (10_000, 3), (3, 10_000), (30, 20)])
-def test_degenerate_images_get_a_centre_crop(detector: FaceDetector, size: tuple[int, int]) -> None:
-    crop = detector.crop(Image.new("RGB", size, (100, 50, 20)))
+def test_degenerate_images_get_a_centre_crop(cropper: FaceCropper, size: tuple[int, int]) -> None:
+    crop = cropper.crop(Image.new("RGB", size, (100, 50, 20)))
     side = min(size)
     assert not crop.detected
     assert crop.box == CropBox(left=(size[0] - side) / 2, top=(size[1] - side) / 2, width=side, height=side)
@@ -210,10 +255,10 @@ def test_degenerate_images_get_a_centre_crop(detector: FaceDetector, size: tuple
 
 @pytest.mark.parametrize("size", [ALIGNED_IMAGE_SIZE, (356, 436), (89, 109)])
 def test_no_face_in_a_celeba_shaped_image_gives_the_aligned_box(
-    detector: FaceDetector, size: tuple[int, int]
+    cropper: FaceCropper, size: tuple[int, int]
 ) -> None:
     image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    crop = detector.crop(image)
+    crop = cropper.crop(image)
     assert not crop.detected
     assert crop.box == PREPROCESSING.aligned_box_for(*size)
     assert crop.pixels.shape == (64, 64, 3)
@@ -222,18 +267,18 @@ def test_no_face_in_a_celeba_shaped_image_gives_the_aligned_box(
 def test_output_size_and_input_modes_follow_the_preprocessing(
     portrait: Image.Image, portrait_box: CropBox
 ) -> None:
-    small = FaceDetector(Preprocessing(image_size=32))
+    small = FaceCropper(Preprocessing(image_size=32))
     crop = small.crop(portrait.convert("L"))
     assert crop.detected and crop.pixels.shape == (32, 32, 3)
     assert _iou(crop.box, portrait_box) > 0.9
     assert (crop.pixels == crop.pixels[..., :1]).all()  # still grey, as RGB
 
 
-def test_concurrent_use_gives_the_serial_results(detector: FaceDetector, portrait: Image.Image) -> None:
+def test_concurrent_use_gives_the_serial_results(cropper: FaceCropper, portrait: Image.Image) -> None:
     scenes = [_scene(640, 480, portrait, 150 + 25 * i, (40 * i, 10 * i)) for i in range(8)]
-    serial = [detector.crop(scene) for scene in scenes]
+    serial = [cropper.crop(scene) for scene in scenes]
     with ThreadPoolExecutor(4) as pool:
-        parallel = list(pool.map(detector.crop, scenes))
+        parallel = list(pool.map(cropper.crop, scenes))
     for one, other in zip(serial, parallel, strict=True):
         assert one.detected and other.box == one.box
         np.testing.assert_array_equal(other.pixels, one.pixels)

@@ -116,3 +116,36 @@ def test_seeded_forward_is_deterministic(tiny_model: JMVAE, batch) -> None:
     b = tiny_model(x, w, generator=torch.Generator().manual_seed(3)).loss
     c = tiny_model(x, w, generator=torch.Generator().manual_seed(4)).loss
     assert a.item() == b.item() != c.item()
+
+
+def test_served_attribute_probabilities_average_six_views(tiny_model, batch) -> None:
+    from jmvae.model.jmvae import ATTRIBUTE_VIEW_ZOOMS
+    from jmvae.model.preprocess import reframe
+
+    x, _ = batch
+    tiny_model.eval()
+    with torch.inference_mode():
+        served = tiny_model.attribute_probabilities(x)
+        views = []
+        for zoom in ATTRIBUTE_VIEW_ZOOMS:
+            view = reframe(x, torch.full((len(x),), zoom), torch.zeros((len(x), 2)))
+            views += [view, view.flip(-1)]
+        expected = torch.stack([torch.sigmoid(tiny_model.decode_attributes(tiny_model.infer(x=v).mean))
+                                for v in views]).mean(0)
+        single = torch.sigmoid(tiny_model.decode_attributes(tiny_model.infer(x=x).mean))
+        mirrored = tiny_model.attribute_probabilities(x.flip(-1))
+    assert served.shape == (len(x), 40) and ((served > 0) & (served < 1)).all()
+    torch.testing.assert_close(served, expected)
+    torch.testing.assert_close(mirrored, served)  # the views of a mirrored face are the same six views
+    assert (served - single).abs().max() > 1e-5  # not the single view
+
+
+def test_reframe_is_the_identity_at_scale_one_and_moves_by_the_shift() -> None:
+    from jmvae.model.preprocess import reframe
+
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(reframe(x, torch.ones(2), torch.zeros(2, 2)), x, atol=1e-5, rtol=0)
+    # A box moved right by 1/16 of its side shows the face 1 pixel to the left; the last column repeats the edge.
+    moved = reframe(x, torch.ones(2), torch.tensor([[1 / 16, 0.0], [1 / 16, 0.0]]))
+    torch.testing.assert_close(moved[..., :-1], x[..., 1:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(moved[..., -1], x[..., -1], atol=1e-5, rtol=0)

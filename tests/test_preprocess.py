@@ -47,7 +47,8 @@ def test_crop_box_is_validated_and_frozen() -> None:
 def test_preprocessing_defaults_round_trip_and_scale() -> None:
     p = Preprocessing()
     box = p.aligned_box
-    assert p.image_size == 64 and p.detector_box_scale == 1.3 and p.normalisation == "unit"
+    assert p.image_size == 64 and p.detection.box_scale == 1.3 and p.normalisation == "unit"
+    assert p.crop == "detector"  # training crops as the service does, by default
     assert box.width == box.height
     assert 0 <= box.left and box.right <= ALIGNED_IMAGE_SIZE[0] and 0 <= box.top and box.bottom <= ALIGNED_IMAGE_SIZE[1]
     assert Preprocessing.model_validate_json(p.model_dump_json()) == p
@@ -56,6 +57,15 @@ def test_preprocessing_defaults_round_trip_and_scale() -> None:
     assert half.model_dump() == pytest.approx({k: v / 2 for k, v in box.model_dump().items()})
     stretched = p.aligned_box_for(356, 218)
     assert stretched.width == pytest.approx(2 * box.width) and stretched.height == pytest.approx(box.height)
+
+
+def test_preprocessing_of_older_checkpoints_reads_as_the_aligned_crop() -> None:
+    # jmvae 0.1 cropped every training image with the fixed box and recorded the detector's box scale alone.
+    legacy = {"image_size": 64, "aligned_box": {"left": 21.4, "top": 55.85, "width": 135.2, "height": 135.2},
+              "detector_box_scale": 1.3, "normalisation": "unit"}
+    p = Preprocessing.model_validate(legacy)
+    assert p.crop == "aligned" and p.aligned_box.left == 21.4
+    assert Preprocessing.model_validate_json(p.model_dump_json()) == p
 
 
 def test_crop_inside_matches_pil_one_step_resize() -> None:

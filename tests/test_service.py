@@ -76,6 +76,7 @@ def test_attributes_contract(client: httpx.Client, face_png: bytes) -> None:
     assert len(body["probabilities"]) == 40 and all(0 <= p <= 1 for p in body["probabilities"].values())
     assert body["present"] == [n for n, p in body["probabilities"].items() if p >= 0.5]
     assert body["face_detected"] is True and body["note"] is None  # the cascade finds the drawn face
+    assert body["faces_found"] == 1 and body["face_box"]["width"] < body["box"]["width"]
     assert 0 < body["box"]["width"] < 128
     again = client.post("/attributes", files={"image": ("face.png", face_png, "image/png")}).json()
     assert again["probabilities"] == pytest.approx(body["probabilities"], abs=1e-6)
@@ -85,7 +86,57 @@ def test_attributes_without_a_face_uses_a_centre_crop(client: httpx.Client) -> N
     flat = image_bytes(np.full((60, 90, 3), 200, np.uint8), "JPEG")
     body = client.post("/attributes", files={"image": ("flat.jpg", flat, "image/jpeg")}).json()
     assert body["face_detected"] is False and "centre crop" in body["note"]
+    assert body["faces_found"] == 0 and body["face_box"] is None
     assert len(body["probabilities"]) == 40
+
+
+@pytest.mark.parametrize("endpoint", ["/attributes", "/edit"])
+def test_a_client_box_replaces_detection(client: httpx.Client, face_png: bytes, endpoint: str) -> None:
+    data = {"changes": "{}"} if endpoint == "/edit" else {}
+    detected = client.post(endpoint, files={"image": ("face.png", face_png, "image/png")}, data=data).json()
+    # The detected face sent back as the box: the same crop, the same answer, and no detection ran.
+    box = json.dumps(detected["face_box"])
+    sent = client.post(endpoint, files={"image": ("face.png", face_png, "image/png")}, data=data | {"box": box})
+    assert sent.status_code == 200, sent.text
+    body = sent.json()
+    assert body["box"] == pytest.approx(detected["box"]) and body["probabilities"] == detected["probabilities"]
+    assert body["face_detected"] is False and body["faces_found"] == 0 and "box sent" in body["note"]
+    # Another box, another crop: the box is the face, and the crop is it grown x1.3 about its centre.
+    corner = {"left": 0, "top": 0, "width": 40, "height": 40}
+    moved = client.post(endpoint, files={"image": ("face.png", face_png, "image/png")},
+                        data=data | {"box": json.dumps(corner)}).json()
+    assert moved["box"] == pytest.approx({"left": -6, "top": -6, "width": 52, "height": 52})
+    assert moved["probabilities"] != detected["probabilities"]
+
+
+@pytest.mark.parametrize(
+    "box, pattern",
+    [
+        ({"left": -1, "top": 0, "width": 10, "height": 10}, "left.*greater than or equal to 0"),
+        ({"left": 0, "top": -0.5, "width": 10, "height": 10}, "top.*greater than or equal to 0"),
+        ({"left": 100, "top": 0, "width": 40, "height": 10}, "reaches past the 128x128 photo"),
+        ({"left": 0, "top": 120, "width": 10, "height": 9}, "reaches past"),
+        ({"left": 500, "top": 500, "width": 10, "height": 10}, "reaches past"),
+        ({"left": 0, "top": 0, "width": 0, "height": 10}, "width.*greater than 0"),
+        ({"left": 0, "top": 0, "width": 10, "height": -3}, "height.*greater than 0"),
+        ('{"left": NaN, "top": 0, "width": 10, "height": 10}', "invalid JSON|finite"),
+        ('{"left": 1e999, "top": 0, "width": 10, "height": 10}', "left.*finite"),
+        ({"left": 0, "top": 0, "width": 10}, "height.*required"),
+        ({"left": 0, "top": 0, "width": 10, "height": 10, "depth": 1}, "depth.*not permitted"),
+        ("[0, 0, 10, 10]", "object"),
+        ("left=0", "invalid JSON"),
+    ],
+)
+@pytest.mark.parametrize("endpoint", ["/attributes", "/edit"])
+def test_bad_boxes_are_422_naming_the_box(client: httpx.Client, face_png: bytes, endpoint: str, box, pattern: str
+                                          ) -> None:
+    data = {"changes": "{}"} if endpoint == "/edit" else {}
+    text = box if isinstance(box, str) else json.dumps(box)
+    r = client.post(endpoint, files={"image": ("face.png", face_png, "image/png")}, data=data | {"box": text})
+    _error(r, 422, "box.*" + pattern)
+    two = client.post(endpoint, files=[("image", ("face.png", face_png, "image/png")), ("box", (None, "{}")),
+                                       ("box", (None, "{}"))], data=data)
+    _error(two, 422, "box.*at most one")
 
 
 # /generate --------------------------------------------------------------------------------------------------
@@ -371,6 +422,63 @@ def test_serve_refuses_a_bad_checkpoint_with_one_line(tmp_path: Path, tiny_check
         assert main(["serve", "--checkpoint", str(path), "--port", "1"]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and reason in err and str(path) in err
+
+
+def _with_preprocessing(source: Path, target: Path, **changes: object) -> Path:
+    from jmvae.model.checkpoint import read_checkpoint, save_checkpoint
+
+    checkpoint = read_checkpoint(source)
+    preprocessing = checkpoint.meta.preprocessing.model_copy(update=changes)
+    checkpoint.meta = checkpoint.meta.model_copy(update={"preprocessing": preprocessing})
+    save_checkpoint(target, checkpoint)
+    return target
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"crop": "aligned"}, "trained on the fixed crop of aligned CelebA images"),
+        ({"detection": {"detector": "opencv-haar"}}, "found by 'opencv-haar'"),
+        ({"detection": {"cascade": "haarcascade_profileface.xml"}}, "unknown face cascade"),
+    ],
+)
+def test_a_checkpoint_trained_on_another_crop_is_refused(tmp_path: Path, tiny_checkpoint: Path, capsys,
+                                                         changes: dict, reason: str) -> None:
+    from jmvae.model.checkpoint import CheckpointError, read_checkpoint
+    from jmvae.model.preprocess import FaceDetection
+    from jmvae.service.app import create_app
+    from jmvae.training.cli import main
+
+    if "detection" in changes:
+        detection = read_checkpoint(tiny_checkpoint).meta.preprocessing.detection
+        changes = {"detection": FaceDetection.model_validate(detection.model_dump() | changes["detection"])}
+    path = _with_preprocessing(tiny_checkpoint, tmp_path / "other-crop.safetensors", **changes)
+    assert main(["serve", "--checkpoint", str(path), "--port", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and reason in err and str(path) in err
+
+    app = create_app(Settings(checkpoint=path))
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(CheckpointError, match=reason):
+        asyncio.run(start())
+
+
+def test_a_checkpoint_with_other_detector_parameters_is_served_with_them(tmp_path: Path, tiny_checkpoint: Path,
+                                                                          face_png: bytes) -> None:
+    # The same detector with other parameters is the same crop: the service applies the checkpoint's own.
+    from jmvae.model.checkpoint import read_checkpoint
+    from jmvae.model.preprocess import FaceDetection
+
+    detection = read_checkpoint(tiny_checkpoint).meta.preprocessing.detection
+    path = _with_preprocessing(tiny_checkpoint, tmp_path / "wide.safetensors",
+                               detection=FaceDetection.model_validate(detection.model_dump() | {"box_scale": 1.6}))
+    with running_server(Settings(checkpoint=path)) as url:
+        body = httpx.post(url + "/attributes", files={"image": ("face.png", face_png, "image/png")}, timeout=30).json()
+    assert body["face_detected"] and body["box"]["width"] == pytest.approx(1.6 * body["face_box"]["width"])
 
 
 def test_app_start_fails_on_a_bad_checkpoint(tmp_path: Path) -> None:

@@ -120,16 +120,34 @@ def test_eval_command(reference_run: Path, capsys) -> None:
     assert 0 <= report["attr_acc_kl"] <= 1
 
 
-def test_hflip_changes_training_but_stays_reproducible(tmp_path: Path, tiny_toml: Path) -> None:
+@pytest.mark.parametrize("augmentation", ["hflip = true", "jitter_scale = 0.07\njitter_shift = 0.016"])
+def test_augmentation_changes_training_but_stays_reproducible(tmp_path: Path, tiny_toml: Path, augmentation: str
+                                                              ) -> None:
     for name in ("a", "b"):
         config = tmp_path / f"{name}.toml"
-        config.write_text("hflip = true\n" + TINY)  # top-level keys before the first [table]
+        config.write_text(augmentation + "\n" + TINY)  # top-level keys before the first [table]
         assert _train(tmp_path / name, config, "--epochs", "1") == 0
     _assert_same_weights(tmp_path / "a" / "final.safetensors", tmp_path / "b" / "final.safetensors")
     flipped = _weights(tmp_path / "a" / "final.safetensors")["joint_encoder.head.linear.weight"]
     plain_run = tmp_path / "plain"
     assert _train(plain_run, tiny_toml, "--epochs", "1") == 0
     assert not torch.equal(flipped, _weights(plain_run / "final.safetensors")["joint_encoder.head.linear.weight"])
+
+
+def test_jitter_reframes_each_face_within_its_range_and_stays_reproducible() -> None:
+    from jmvae.training.augment import jitter
+
+    faces = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    none = jitter(faces, torch.Generator().manual_seed(0), 0.0, 0.0)
+    torch.testing.assert_close(none, faces, atol=1e-5, rtol=0)
+    out = jitter(faces, torch.Generator().manual_seed(0), 0.07, 0.016)
+    torch.testing.assert_close(out, jitter(faces, torch.Generator().manual_seed(0), 0.07, 0.016), atol=0, rtol=0)
+    change = (out - faces).abs().flatten(1).mean(1)
+    assert (change > 1e-3).all() and change.std() > 1e-3  # every face moved, each by its own draw
+    # A box 7% larger at most: the centre pixel's 2x2 neighbourhood stays within reach (16 px * 0.07 / 2 < 1).
+    centre = faces[..., 7:9, 7:9]
+    lower, upper = centre.amin((-2, -1)), centre.amax((-2, -1))
+    assert ((out[..., 7, 7] >= lower - 0.35) & (out[..., 7, 7] <= upper + 0.35)).float().mean() > 0.9
 
 
 def test_shift_moves_each_face_by_at_most_shift_pixels_and_stays_reproducible(tmp_path: Path, tiny_toml: Path

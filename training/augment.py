@@ -5,11 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from jmvae.model.preprocess import reframe
 
-def augment(x: torch.Tensor, generator: torch.Generator, hflip: bool, shift: int) -> torch.Tensor:
+
+def augment(x: torch.Tensor, generator: torch.Generator, hflip: bool, shift: int, jitter_scale: float = 0.0,
+            jitter_shift: float = 0.0) -> torch.Tensor:
     """Mirror a random half of the batch (no CelebA attribute is left- or right-sided, so labels stay true) and
     translate each face by up to `shift` pixels each way, edges repeated: the service crops uploads around
-    their own face detection, whose box lands a few pixels off the fixed crop of the aligned training images."""
+    their own face detection, whose box lands a few pixels off the fixed crop of the aligned training images.
+    Then `jitter`: each face re-framed as the detector's box varies for one face between photos of it."""
     if hflip:
         flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -22,4 +26,14 @@ def augment(x: torch.Tensor, generator: torch.Generator, hflip: bool, shift: int
         batch = torch.arange(n, device=x.device)[:, None, None, None]
         channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    if jitter_scale > 0 or jitter_shift > 0:
+        x = jitter(x, generator, jitter_scale, jitter_shift)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def jitter(x: torch.Tensor, generator: torch.Generator, scale: float, shift: float) -> torch.Tensor:
+    """Each face as if its crop box had been drawn larger or smaller by a factor e^u, u ~ U(-scale, scale), and
+    moved by up to `shift` of its side along each axis (bilinear resampling, edges repeated as `crop_face` pads):
+    the variation of the detector's box for one face between photos of it (bench/faces.py measures it)."""
+    draws = torch.rand((3, len(x)), generator=generator, device=x.device) * 2 - 1
+    return reframe(x, torch.exp(draws[0] * scale), draws[1:].T * shift)

@@ -1,7 +1,7 @@
 """CelebA in its native on-disk layout, preprocessed once into a memory-mapped uint8 cache.
 
 Layout under the root:
-    img_align_celeba/*.jpg      the aligned faces (178x218; other sizes use Preprocessing.aligned_box_for)
+    img_align_celeba/*.jpg      the aligned faces, each cropped as the service crops an upload (jmvae.model.faces)
     list_attr_celeba.txt        count line, names line, then `NAME v1 ... v40` rows of -1/1
     list_eval_partition.txt     `NAME 0|1|2` (train/val/test)
     identity_CelebA.txt         optional `NAME id`
@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
-from jmvae.model.preprocess import Preprocessing, crop_face, open_image
+from jmvae.model.faces import FaceCropper
+from jmvae.model.preprocess import Preprocessing, open_image
 from jmvae.training.data import CELEBA_ATTRIBUTES, SPLITS, FaceArrays, FaceDataset
 
 IMAGE_DIR = "img_align_celeba"
@@ -301,7 +303,7 @@ def _locked(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            warnings.warn(f"{path}: another run is building this cache; waiting for it", stacklevel=3)
+            warnings.warn(f"{path}: another run is building or checking this cache; waiting for it", stacklevel=3)
             fcntl.flock(file, fcntl.LOCK_EX)
         yield  # closing the file releases the lock, also when the build raised
 
@@ -418,26 +420,28 @@ _worker: dict[str, object] = {}
 
 
 def _init_worker(image_dir: str, target_path: str, preprocessing_json: str) -> None:
+    # The pool already runs one process per core; OpenCV's own threads on top would only contend with them.
+    cv2.setNumThreads(1)
     _worker["image_dir"] = Path(image_dir)
     _worker["target"] = np.load(target_path, mmap_mode="r+", allow_pickle=False)
-    _worker["preprocessing"] = Preprocessing.model_validate_json(preprocessing_json)
+    _worker["cropper"] = FaceCropper(Preprocessing.model_validate_json(preprocessing_json))
 
 
 def _process_chunk(task: tuple[int, list[str]]) -> int:
     start, filenames = task
     image_dir: Path = _worker["image_dir"]  # type: ignore[assignment]
     target: np.ndarray = _worker["target"]  # type: ignore[assignment]
-    preprocessing: Preprocessing = _worker["preprocessing"]  # type: ignore[assignment]
+    cropper: FaceCropper = _worker["cropper"]  # type: ignore[assignment]
     for offset, name in enumerate(filenames):
-        target[start + offset] = _preprocess_image(image_dir / name, preprocessing)
+        target[start + offset] = _preprocess_image(image_dir / name, cropper)
     return len(filenames)
 
 
-def _preprocess_image(path: Path, preprocessing: Preprocessing) -> np.ndarray:
+def _preprocess_image(path: Path, cropper: FaceCropper) -> np.ndarray:
     try:
         image = open_image(path)
     except FileNotFoundError:
         raise
     except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, ... for damaged files
         raise CelebAFormatError(path, f"cannot decode image ({type(error).__name__}: {error})") from None
-    return crop_face(image, preprocessing.aligned_box_for(*image.size), preprocessing.image_size)
+    return cropper.crop(image).pixels  # the service's own crop of an upload of this file

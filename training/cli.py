@@ -87,8 +87,12 @@ def _eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, meta = load_model(args.checkpoint, device)
     saved = TrainConfig.model_validate(meta.training)
-    # The checkpoint's own preprocessing, so the data is cropped exactly as in training.
+    # The checkpoint's own preprocessing, so the data is cropped exactly as in training (and, for crop = detector,
+    # as the service crops uploads), unless --crop asks for the other crop.
+    preprocessing = meta.preprocessing.model_copy(update={"crop": args.crop or meta.preprocessing.crop})
+    crop = {"crop": "none (synthetic faces are drawn framed)" if args.data == "synthetic" else preprocessing.crop}
     config = saved.model_copy(update={"data": args.data, "progress": not args.no_progress,
+                                      "preprocessing": preprocessing,
                                       "cache_dir": args.cache_dir or saved.cache_dir,
                                       "synthetic": SyntheticConfig(n_train=1, n_val=args.max_examples,
                                                                    n_test=args.max_examples, seed=args.seed)})
@@ -106,14 +110,14 @@ def _eval(args: argparse.Namespace) -> int:
                                      f"expected a {kind} at {meta.model.image_size} px")
         report = write_report(model, meta, dataset.split(args.split), args.out, k=args.k, n_w=args.nw,
                               max_examples=args.max_examples, seed=args.seed, classifier=extras.get("classifier"),
-                              baselines=tuple(extras[b] for b in ("vae", "cvae") if b in extras))
-        print(json.dumps({"out": str(args.out)} | {k: v for k, v in report.items() if "/" not in k}, indent=2,
+                              baselines=tuple(extras[b] for b in ("vae", "cvae") if b in extras), crop=crop["crop"])
+        print(json.dumps({"out": str(args.out)} | crop | {k: v for k, v in report.items() if "/" not in k}, indent=2,
                          ensure_ascii=False))
         return 0
     prevalence = np.array([meta.data["attribute_prevalence"][n] for n in meta.attribute_names])
     metrics = evaluate(model, dataset.split(args.split), prevalence, meta.alpha, k=args.k, n_w=args.nw,
                        max_examples=args.max_examples, seed=args.seed)
-    print(json.dumps({"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
+    print(json.dumps({"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split} | crop | {
                       "examples": min(len(dataset.split(args.split)), args.max_examples),
                       "convention": "nats per image; sums over all 3·S·S pixel values and all attributes"}
                      | {k.removeprefix("val_"): v for k, v in metrics.items()}, indent=2, ensure_ascii=False))
@@ -181,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--seed", type=int, default=0)
     evaluation.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     evaluation.add_argument("--cache-dir", type=Path)
+    evaluation.add_argument("--crop", choices=["detector", "aligned"],
+                            help="how CelebA faces are cropped: around each image's detected face, as the service "
+                                 "crops uploads, or CelebA's fixed aligned box; default: the checkpoint's own crop")
     evaluation.add_argument("--no-progress", action="store_true")
     evaluation.add_argument("--out", type=Path, help="write metrics.json, report.md and the figures here")
     evaluation.add_argument("--classifier", type=Path, help="with --out: a `--model classifier` checkpoint that "

@@ -56,6 +56,10 @@ class TrainConfig(BaseModel):
     hflip: bool = Field(False, description="flip a random half of each batch left-right (the paper did not)")
     shift: int = Field(0, ge=0, le=16, description="translate each training face by up to this many pixels "
                        "each way, edges repeated (the paper did not)")
+    jitter_scale: float = Field(0.0, ge=0.0, le=0.5, description="re-frame each training face as if its crop were "
+                                "larger or smaller by up to e^±jitter_scale (the detector's own variation)")
+    jitter_shift: float = Field(0.0, ge=0.0, le=0.25, description="... and moved by up to this fraction of its side "
+                                "along each axis")
     gan: GanConfig | None = Field(None, description="train with a discriminator (VAE-GAN style), as the paper did")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -30,7 +30,8 @@ def evaluate(
     A VAE baseline gets its objective and log p(x) (q(z|x)); a CVAE baseline its objective and log p(x|w); the
     attribute classifier attr_acc_classifier and attr_auc_classifier.
     For a JMVAE, all bounds, and attr_acc_* and attr_auc_*: means over attributes of the accuracy and ROC AUC of p(w|z) at the mean of
-    q(z|x), for both ways of inferring from the image alone (the AUC over attributes with both classes present);
+    q(z|x), for both ways of inferring from the image alone (the AUC over attributes with both classes present),
+    and attr_*_served for the service's answer (JMVAE.attribute_probabilities: q(z|x) over six views of the face);
     attr_acc_majority predicts each attribute's majority class in training.
     """
     was_training = model.training
@@ -57,6 +58,8 @@ def evaluate(
             batch |= {f"val_{name}": float(getattr(bounds, name).mean()) for name in
                       ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w")}
             predictions = {mode: model.decode_attributes(model.infer(x=x, mode=mode).mean) for mode in ("kl", "zero")}
+            # What POST /attributes answers: the same q(z|x), averaged over views of the face.
+            predictions["served"] = torch.logit(model.attribute_probabilities(x, mode="kl").double()).float()
         elif isinstance(model, AttributeClassifier):
             predictions = {"classifier": model.logits(x)}
         present = w > 0

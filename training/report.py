@@ -29,12 +29,13 @@ FIGURE_ATTRIBUTES = ("Male", "Smiling", "Eyeglasses", "Blond_Hair", "Black_Hair"
 _RENAMED = {"log_px_multiple": "log_p_x_multiple", "log_px_single": "log_p_x_single",
             "log_px_given_w": "log_p_x_given_w", "log_pxw": "log_p_xw", "attr_acc_kl": "attr_acc_mean",
             "attr_auc_kl": "attr_auc_mean", "attr_acc_majority": "majority_acc_mean",
-            "attr_acc_zero": "attr_acc_mean_zero", "attr_auc_zero": "attr_auc_mean_zero"}
+            "attr_acc_zero": "attr_acc_mean_zero", "attr_auc_zero": "attr_auc_mean_zero",
+            "attr_acc_served": "attr_acc_mean_served", "attr_auc_served": "attr_auc_mean_served"}
 
 
 def write_report(model: JMVAE, meta: CheckpointMeta, split: FaceArrays, out: Path, k: int = 10, n_w: int = 10,
                  max_examples: int = 1000, seed: int = 0, classifier: AttributeClassifier | None = None,
-                 baselines: tuple[VAE | CVAE, ...] = ()) -> dict[str, float]:
+                 baselines: tuple[VAE | CVAE, ...] = (), crop: str | None = None) -> dict[str, float]:
     """Writes out/metrics.json, out/report.md and the figures; returns the flat metrics. With a classifier, the
     coherence of generation and Figure 1(a) scored; with VAE/CVAE baselines, their bounds on the same examples
     (Table 1 side by side)."""
@@ -74,7 +75,7 @@ def write_report(model: JMVAE, meta: CheckpointMeta, split: FaceArrays, out: Pat
     _save(out / "fig2_edit.png", _edit_pipeline(model, x[:6], names))
     (out / "metrics.json").write_text(json.dumps({"units": "nats per image", "convention": CONVENTION} | metrics,
                                                  indent=2, ensure_ascii=False) + "\n")
-    (out / "report.md").write_text(_markdown(meta, metrics, names))
+    (out / "report.md").write_text(_markdown(meta, metrics, names, crop or meta.preprocessing.crop))
     return metrics
 
 
@@ -158,16 +159,17 @@ def _upscale(image: np.ndarray, factor: int = 2) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def _markdown(meta: CheckpointMeta, metrics: dict[str, float], names: list[str]) -> str:
+def _markdown(meta: CheckpointMeta, metrics: dict[str, float], names: list[str], crop: str) -> str:
     lines = [
         "# jmvae evaluation", "",
         f"Checkpoint trained on `{meta.data.get('name')}` for {meta.epoch} epochs (α = {meta.alpha}); "
-        f"{metrics['examples']} examples, k = {metrics['k']}, N_w = {metrics['n_w']}.", "",
+        f"{metrics['examples']} examples, k = {metrics['k']}, N_w = {metrics['n_w']}; faces cropped: {crop}.", "",
         f"Convention: {CONVENTION}.", "",
         "| metric | value |", "| --- | --- |",
     ]
     for key in ("log_p_x_multiple", "log_p_x_single", "log_p_xw", "log_p_x_given_w", "elbo", "attr_acc_mean",
-                "attr_auc_mean", "majority_acc_mean", "attr_acc_mean_zero", "attr_auc_mean_zero", "vae_log_p_x",
+                "attr_auc_mean", "majority_acc_mean", "attr_acc_mean_zero", "attr_auc_mean_zero",
+                "attr_acc_mean_served", "attr_auc_mean_served", "vae_log_p_x",
                 "cvae_log_p_x_given_w", "coherence_auc_mean", "coherence_acc_mean", "classifier_auc_mean",
                 "classifier_acc_mean"):
         if key in metrics:

@@ -296,8 +296,8 @@ class Trainer:
                 group["lr"] = learning_rate(config, self.step, self.total_steps)
             beta = kl_weight(config, self.step, self.steps_per_epoch)
             generator.manual_seed(step_seed(config.seed, ctx.rank, self.step))
-            if config.hflip or config.shift:
-                x = augment(x, generator, config.hflip, config.shift)
+            if config.hflip or config.shift or config.jitter_scale or config.jitter_shift:
+                x = augment(x, generator, config.hflip, config.shift, config.jitter_scale, config.jitter_shift)
             autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext())
             with autocast:
                 terms = model(x, w, alpha=config.alpha, beta=beta, generator=generator)

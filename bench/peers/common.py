@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from jmvae.model.faces import FaceCrop, FaceCropper
 from jmvae.service.engine import Engine, GenerateJob
-from jmvae.service.faces import NO_FACE_NOTE, FaceCrop, FaceDetector
+from jmvae.service.faces import face_fields
 from jmvae.service.images import decode_upload
 from jmvae.service.metrics import ServiceMetrics
 from jmvae.service.render import png_base64
-from jmvae.service.schemas import AttributesResponse, Box, GenerateRequest, GenerateResponse
+from jmvae.service.schemas import AttributesResponse, GenerateRequest, GenerateResponse
 from jmvae.service.settings import Settings
 
 MAX_BATCH_SIZE = 32  # every server's largest batch, as JMVAE_MAX_BATCH_SIZE's default
@@ -38,13 +39,13 @@ class Pipeline:
         self.settings = settings or Settings()
         # The Engine's batchers and executor stay unused: the servers batch, and call its model paths directly.
         self.engine = Engine.load(self.settings, ServiceMetrics())
-        self.detector = FaceDetector(self.engine.meta.preprocessing)
+        self.cropper = FaceCropper(self.engine.meta.preprocessing)
         self.names = self.engine.attribute_names
 
     def crop(self, upload: bytes) -> FaceCrop:
         """Decode an uploaded photo, find the face and crop it (the CPU work before the model)."""
         image = decode_upload(upload, self.settings.max_image_pixels, self.settings.max_upload_bytes)
-        return self.detector.crop(image)
+        return self.cropper.crop(image)
 
     def probabilities(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """One forward pass for a batch of cropped faces: (B, A) attribute probabilities."""
@@ -53,10 +54,8 @@ class Pipeline:
     def attributes_body(self, face: FaceCrop, probabilities: np.ndarray) -> dict[str, Any]:
         """The JSON body of POST /attributes for one face."""
         by_name = dict(zip(self.names, map(float, probabilities)))
-        box = Box(left=face.box.left, top=face.box.top, width=face.box.width, height=face.box.height)
         return AttributesResponse(
-            probabilities=by_name, present=[n for n, p in by_name.items() if p >= 0.5], box=box,
-            face_detected=face.detected, note=None if face.detected else NO_FACE_NOTE,
+            probabilities=by_name, present=[n for n, p in by_name.items() if p >= 0.5], **face_fields(face),
         ).model_dump(mode="json")
 
     def attributes(self, faces: Sequence[FaceCrop]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from fastapi import HTTPException
 
 from bench.peers.common import MAX_BATCH_SIZE, BadRequest, Pipeline
 from jmvae.service.engine import GenerateJob
-from jmvae.service.faces import FaceCrop
+from jmvae.model.faces import FaceCrop
 from jmvae.service.images import ImageRejected
 
 # LitServe's batch_timeout. Not 0, as ours is: at 0 its worker polls an empty queue without blocking, a core's
