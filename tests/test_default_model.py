@@ -28,6 +28,8 @@ ROWS = {
     "majority-class baseline": ("attr_acc_majority", 0.0015),
     "image → attributes ROC AUC, mean over the 40, q(z\\|x)": ("attr_auc_kl", 0.0015),
     "image → attributes ROC AUC, mean over the 40, JMVAE-zero": ("attr_auc_zero", 0.0015),
+    "image → attributes accuracy as POST /attributes answers (six views)": ("attr_acc_served", 0.0015),
+    "image → attributes ROC AUC as POST /attributes answers (six views), mean over the 40": ("attr_auc_served", 0.0015),
 }
 
 
@@ -47,7 +49,7 @@ def test_model_card_numbers_are_reproduced_by_jmvae_eval(capsys: pytest.CaptureF
     assert main(["eval", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(DATA), "--split", "val",
                  "--max-examples", "100000", "--no-progress"]) == 0
     measured = json.loads(capsys.readouterr().out)
-    assert measured["examples"] == 780
+    assert measured["examples"] == 780 and measured["crop"] == "detector"  # the crop the service applies
     for label, (key, tolerance) in ROWS.items():
         card = _card_numbers()[key]
         assert abs(measured[key] - card) <= tolerance, f"{label}: card {card}, measured {measured[key]:.4f}"
