@@ -72,6 +72,7 @@ IMAGE_RESPONSE: dict[str, Any] = {
 }
 IMAGE_PART: dict[str, Any] = {"type": "string", "format": "binary",
                               "description": "a JPEG, PNG or WebP photo with one face"}
+OPTIONAL_PARTS = ("box",)  # form parts an upload may leave out
 BOX_PART: dict[str, Any] = {"type": "string", "description": "optional: the face's box in the photo's pixels, as "
                             "JSON; the crop is it grown ×1.3, and no face detection runs",
                             "examples": ['{"left": 140, "top": 95, "width": 210, "height": 210}']}
@@ -81,7 +82,7 @@ CHANGES_PART: dict[str, Any] = {"type": "string", "description": 'JSON object of
 
 def _multipart(**parts: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI request body of a form read by `read_form`: FastAPI documents only bodies it reads itself."""
-    required = [name for name, part in parts.items() if part is not BOX_PART]
+    required = [name for name in parts if name not in OPTIONAL_PARTS]
     schema = {"type": "object", "properties": parts, "required": required, "additionalProperties": False}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
@@ -277,7 +278,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def read_upload(request: Request, *fields: str) -> tuple[bytes, dict[str, str]]:
         return await read_form(request, "image", fields, max_bytes=max_body, max_field_bytes=MULTIPART_OVERHEAD,
-                               optional=("box",))
+                               optional=OPTIONAL_PARTS)
 
     async def face_from_upload(request: Request, data: bytes, box_field: str | None) -> FaceCrop:
         cropper: FaceCropper = request.state.cropper
