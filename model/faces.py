@@ -107,17 +107,16 @@ class FaceCropper:
         rgb = to_rgb(image)
         d = self.detection
         for steps in (d.scale_factor, d.refine_scale_factor):
-            candidates = self._coarse(rgb, d.search_window, steps)
-            faces = [face for face in map(lambda box: self._refine(rgb, box), candidates) if face is not None]
-            faces = [face for face in faces if face.confidence >= d.min_confidence]
+            refined = (self._refine(rgb, box) for box in self._coarse(rgb, steps))
+            faces = [face for face in refined if face is not None and face.confidence >= d.min_confidence]
             if faces:
                 return sorted(_distinct(faces), key=lambda face: -face.confidence)
         return []
 
-    def _coarse(self, rgb: Image.Image, window: int, scale_factor: float) -> list[CropBox]:
+    def _coarse(self, rgb: Image.Image, scale_factor: float) -> list[CropBox]:
         width, height = rgb.size
         smallest = self.detection.min_face * min(width, height)
-        scale = min(1.0, window / smallest)  # never upsampled: a small photo is searched at its own size
+        scale = min(1.0, self.detection.search_window / smallest)  # never upsampled: a small photo is searched at its own size
         grey = _grey(rgb, scale)
         min_size = max(_window(self._cascade), round(smallest * grey.shape[0] / height))
         if min_size > min(grey.shape):
