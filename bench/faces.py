@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from jmvae.model.faces import FRONTAL_CASCADES, FaceCropper
 from jmvae.model.preprocess import CropBox, FaceDetection, Preprocessing
+from jmvae.training.celeba import IMAGE_DIR, read_celeba
 
 SCENE_SIZE = (1600, 1200)
 VARIANTS = (0.75, 1.5, 3.0, 6.0)
@@ -75,22 +76,18 @@ def paste(face: Image.Image, rng: np.random.Generator, factor: float | None = No
     return background, factor, at
 
 
-def iou(a: CropBox, b: CropBox) -> float:
-    w = max(0.0, min(a.right, b.right) - max(a.left, b.left))
-    h = max(0.0, min(a.bottom, b.bottom) - max(a.top, b.top))
-    return w * h / (a.width * a.height + b.width * b.height - w * h)
-
-
 def moved(box: CropBox, factor: float, at: tuple[float, float] = (0.0, 0.0)) -> CropBox:
     """A box of the original image where it lands after scaling by `factor` and pasting at `at`."""
     return CropBox(left=at[0] + box.left * factor, top=at[1] + box.top * factor, width=box.width * factor,
                    height=box.height * factor)
 
 
-def _val_faces(root: Path, count: int) -> list[Path]:
-    partition = dict(line.split() for line in (root / "list_eval_partition.txt").read_text().splitlines() if line)
-    names = sorted(name for name, split in partition.items() if split == "1")[:count]
-    return [root / "img_align_celeba" / name for name in names]
+def val_faces(root: Path) -> tuple[list[Path], np.ndarray]:
+    """The val (partition 1) images of a CelebA root in filename order, and their attributes present (bool)."""
+    index = read_celeba(root)
+    rows = sorted((name, i) for i, name in enumerate(index.filenames) if index.partition[i] == 1)
+    paths = [root / IMAGE_DIR / name for name, _ in rows]
+    return paths, index.attributes[[i for _, i in rows]] > 0
 
 
 def recall_and_framing(cropper: FaceCropper, root: Path) -> dict[str, Any]:
@@ -121,11 +118,11 @@ def scenes_and_jitter(cropper: FaceCropper, faces: list[Path], seed: int) -> dic
         crop = cropper.crop(photo)
         truth = moved(truth_box, factor, at)
         for found in crop.faces:
-            confidences["true" if iou(found.box, truth) >= 0.5 else "false"].append(found.confidence)
+            confidences["true" if found.box.iou(truth) >= 0.5 else "false"].append(found.confidence)
         if not crop.detected:
             outcome["none"] += 1
         else:
-            outcome["face" if iou(crop.faces[0].box, truth) >= 0.5 else "wrong"] += 1
+            outcome["face" if crop.faces[0].box.iou(truth) >= 0.5 else "wrong"] += 1
         base = cropper.crop(face)
         if not base.detected:
             continue
@@ -208,7 +205,7 @@ def main() -> None:
     if args.cascade != FaceDetection().cascade:  # min_confidence is on the default cascade's scale: none for others
         detection = detection.model_copy(update={"min_confidence": -1e9})
     cropper = FaceCropper(Preprocessing(detection=detection))
-    faces = _val_faces(args.data, args.faces)
+    faces = val_faces(args.data)[0][:args.faces]
     results: dict[str, Any] = {"detection": cropper.detection.model_dump()}
     if "recall" not in args.skip:
         results["recall"] = recall_and_framing(cropper, args.data)

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,11 +33,13 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.faces import iou, moved, paste
+from bench.faces import moved, paste, val_faces
+from bench.serving import Endpoints
 from jmvae.model.checkpoint import read_checkpoint
 from jmvae.model.preprocess import CropBox, Preprocessing
 from jmvae.service.benchmark import drive, free_port, server_process
 from jmvae.service.engine import DEFAULT_CHECKPOINT
+from jmvae.training.data import CELEBA_ATTRIBUTES
 from jmvae.training.evaluate import roc_auc
 
 SCALES = (0.75, 1.5, 3.0, 6.0)
@@ -49,15 +50,6 @@ def _encode(image: Image.Image, kind: str, quality: int = 95) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, kind, **({"quality": quality} if kind == "JPEG" else {}))
     return buffer.getvalue()
-
-
-def _val(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
-    partition = dict(line.split() for line in (root / "list_eval_partition.txt").read_text().splitlines() if line)
-    lines = (root / "list_attr_celeba.txt").read_text().splitlines()
-    names = lines[1].split()
-    rows = {parts[0]: [int(v) > 0 for v in parts[1:]] for parts in map(str.split, lines[2:])}
-    val = sorted(name for name, split in partition.items() if split == "1" and name in rows)
-    return [root / "img_align_celeba" / name for name in val], np.array([rows[n] for n in val]), names
 
 
 async def _answers(url: str, uploads: list[tuple[bytes, str]], concurrency: int = 4) -> list[dict[str, Any]]:
@@ -113,7 +105,7 @@ def stability_and_scenes(url: str, paths: list[Path], names: list[str], seed: in
             # The face box; a service before face_box existed answers with its crop, the face grown x1.3.
             found = (CropBox.model_validate(scene["face_box"]) if "face_box" in scene
                      else CropBox.model_validate(scene["box"]).scaled(1 / 1.3))
-            outcome["face" if iou(found, truth) >= 0.5 else "wrong"] += 1
+            outcome["face" if found.iou(truth) >= 0.5 else "wrong"] += 1
     spread = np.array(ranges)
     male = names.index("Male")
     return {
@@ -147,20 +139,11 @@ def throughput(python: str, checkpoint: Path | None, paths: list[Path], before: 
         if server is None:
             continue
         with serving(server, model) as (url, process):
-            rows[label] = asyncio.run(drive(url, "/attributes", upload, 4, seconds, _cpu(process)))
+            server_cpu = Endpoints(pid=process.pid, url=url).cpu_seconds
+            rows[label] = asyncio.run(drive(url, "/attributes", upload, 4, seconds, server_cpu))
     if before:
         rows["speed_up"] = rows["this"]["requests_per_s"] / rows["before"]["requests_per_s"]
     return {"photo": "2000x1500 JPEG", "clients": 4} | rows
-
-
-def _cpu(process: Any) -> Any:
-    ticks = os.sysconf("SC_CLK_TCK")
-
-    def seconds() -> float:
-        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-
-    return seconds
 
 
 def main() -> None:
@@ -176,7 +159,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "stability", "throughput"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    paths, labels, names = _val(args.data)
+    paths, labels = val_faces(args.data)
+    names = list(CELEBA_ATTRIBUTES)
     meta = read_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT).meta
     results: dict[str, Any] = {"checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT)}
     if {"accuracy", "stability"} - set(args.skip):

@@ -32,9 +32,6 @@ from .preprocess import ALIGNED_IMAGE_SIZE, CropBox, FaceDetection, Preprocessin
 DETECTOR: Final = "opencv-haar-refined"
 FRONTAL_CASCADES: Final = frozenset({"haarcascade_frontalface_default.xml", "haarcascade_frontalface_alt.xml",
                                      "haarcascade_frontalface_alt2.xml"})
-# What an answer says when no face passed the detector (the service's and the serving benchmark's peers').
-NO_FACE_NOTE: Final = "no face found; a centre crop of the image was used"
-CLIENT_BOX_NOTE: Final = "the face box sent with the request was used; no face detection ran"
 # Candidates of the coarse search that are refined, most confident first: a portrait has one face, and a false
 # detection that outranks a real face in the coarse search rarely survives its refinement.
 _MAX_CANDIDATES: Final = 3
@@ -110,13 +107,14 @@ class FaceCropper:
             refined = (self._refine(rgb, box) for box in self._coarse(rgb, steps))
             faces = [face for face in refined if face is not None and face.confidence >= d.min_confidence]
             if faces:
-                return sorted(_distinct(faces), key=lambda face: -face.confidence)
+                return _distinct(faces)
         return []
 
     def _coarse(self, rgb: Image.Image, scale_factor: float) -> list[CropBox]:
         width, height = rgb.size
         smallest = self.detection.min_face * min(width, height)
-        scale = min(1.0, self.detection.search_window / smallest)  # never upsampled: a small photo is searched at its own size
+        # Never upsampled: a photo smaller than that is searched at its own size.
+        scale = min(1.0, self.detection.search_window / smallest)
         grey = _grey(rgb, scale)
         min_size = max(_window(self._cascade), round(smallest * grey.shape[0] / height))
         if min_size > min(grey.shape):
@@ -148,9 +146,9 @@ class FaceCropper:
         return Face(box, float(np.ravel(weights)[best]))
 
     def _fallback_box(self, width: int, height: int) -> CropBox:
-        # An image shaped like img_align_celeba is most likely one (2.0% of the subset has no face that passes): crop it
-        # as the detector frames CelebA faces. Anything else: the largest centred square, the least-wrong guess for
-        # a photo whose subject is in the middle.
+        # An image shaped like img_align_celeba is most likely one (2.0% of the subset has no face that passes):
+        # crop it as the detector frames CelebA faces. Anything else: the largest centred square, the least-wrong
+        # guess for a photo whose subject is in the middle.
         if abs(height / width / _ALIGNED_ASPECT - 1) <= _ALIGNED_ASPECT_TOLERANCE:
             return self.preprocessing.aligned_box_for(width, height)
         side = min(width, height)
@@ -201,15 +199,11 @@ def _grey_region(rgb: Image.Image, region: CropBox, side: int) -> tuple[np.ndarr
 
 
 def _distinct(faces: list[Face]) -> list[Face]:
-    """One face per place: two candidates refined onto the same face keep the more confident."""
+    """One face per place, most confident first: two candidates refined onto the same face keep the more
+    confident."""
     kept: list[Face] = []
     for face in sorted(faces, key=lambda f: -f.confidence):
-        if all(_iou(face.box, other.box) < 0.5 for other in kept):
+        if all(face.box.iou(other.box) < 0.5 for other in kept):
             kept.append(face)
     return kept
 
-
-def _iou(a: CropBox, b: CropBox) -> float:
-    w = max(0.0, min(a.right, b.right) - max(a.left, b.left))
-    h = max(0.0, min(a.bottom, b.bottom) - max(a.top, b.top))
-    return w * h / (a.width * a.height + b.width * b.height - w * h)

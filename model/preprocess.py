@@ -53,6 +53,12 @@ class CropBox(BaseModel):
     def bottom(self) -> float:
         return self.top + self.height
 
+    def iou(self, other: CropBox) -> float:
+        """Intersection over union of the two boxes' areas."""
+        w = max(0.0, min(self.right, other.right) - max(self.left, other.left))
+        h = max(0.0, min(self.bottom, other.bottom) - max(self.top, other.top))
+        return w * h / (self.width * self.height + other.width * other.height - w * h)
+
     def scaled(self, factor: float) -> CropBox:
         """The box grown (factor > 1) or shrunk about its centre."""
         if not factor > 0 or not math.isfinite(factor):
@@ -68,7 +74,7 @@ class CropBox(BaseModel):
 
 # The fallback crop of an aligned CelebA image in which no face is found, and the crop of `crop = "aligned"`:
 # the median of the detector's grown boxes on aligned CelebA images, so a miss is framed like a hit. Measured
-# with `python -m bench.faces --data ../shared/datasets/celeba-subset --aligned-box` (FaceDetection's
+# with `python -m bench.faces --data ../shared/datasets/celeba-subset` ("recall", FaceDetection's
 # defaults, all 5,340 images of the subset: a face passed in 98.0%; median left 23.1, top 58.01, side 131.49;
 # p10-p90 of the side 120.6-144.1).
 CELEBA_ALIGNED_BOX = CropBox(left=23.1, top=58.01, width=131.49, height=131.49)
