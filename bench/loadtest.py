@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from jmvae.service.benchmark import request_kwargs
+from bench.throughput import request_kwargs
 
 
 @dataclass(frozen=True)

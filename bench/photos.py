@@ -12,7 +12,7 @@ Every number is measured over HTTP, on the path a user's upload takes (decode, f
 - scenes: the same faces enlarged x2 to x4 into scenes (bench.faces.paste, JPEG 95): the answer's face box on the
   face (IoU >= 0.5 with its aligned box mapped into the scene), a wrong box reported as a face, or no face;
 - throughput: /attributes on one 2000x1500 photo (a val face in a scene, JPEG 90) at 4 clients for --seconds,
-  and with --before PYTHON the same against `PYTHON -m jmvae.training.cli serve` in the same run: the service
+  and with --before PYTHON the same against `jmvae serve` of PYTHON in the same run: the service
   of another checkout with its own venv (the one before a change), serving its own default model.
 The servers run one worker each, on this machine, with the load generator beside them.
 """
@@ -37,7 +37,8 @@ from bench.faces import moved, paste, val_faces
 from bench.serving import Endpoints
 from jmvae.model.checkpoint import read_checkpoint
 from jmvae.model.preprocess import CropBox, Preprocessing
-from jmvae.service.benchmark import drive, free_port, server_process
+from bench.processes import free_port, server_process
+from bench.throughput import drive
 from jmvae.service.engine import DEFAULT_CHECKPOINT
 from jmvae.training.data import CELEBA_ATTRIBUTES
 from jmvae.training.evaluate import roc_auc
@@ -118,11 +119,16 @@ def stability_and_scenes(url: str, paths: list[Path], names: list[str], seed: in
     }
 
 
+# The command's module moved from jmvae.training.cli to jmvae.cli; a checkout from before has only the first.
+SERVE = ("import importlib.util, runpy; runpy.run_module('jmvae.cli' if importlib.util.find_spec('jmvae.cli') "
+         "else 'jmvae.training.cli', run_name='__main__')")
+
+
 @contextmanager
 def serving(python: str, checkpoint: Path | None) -> Iterator[tuple[str, Any]]:
-    """`python -m jmvae.training.cli serve` (one worker) on a free port: its URL and process, once ready."""
+    """`jmvae serve` of `python` (one worker) on a free port: its URL and process, once ready."""
     port = free_port()
-    cmd = [python, "-m", "jmvae.training.cli", "serve", "--port", str(port)]
+    cmd = [python, "-c", SERVE, "serve", "--port", str(port)]
     cmd += ["--checkpoint", str(checkpoint)] if checkpoint else []
     url = f"http://127.0.0.1:{port}"
     with server_process(cmd, THREADS_ENV, f"{url}/readyz") as process:

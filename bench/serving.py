@@ -49,7 +49,8 @@ import yaml
 from PIL import Image
 
 from bench.peers.common import Pipeline
-from jmvae.service.benchmark import drive, free_port, serve_subprocess, server_process
+from bench.processes import free_port, serve_subprocess, server_process
+from bench.throughput import drive
 from jmvae.service.render import IMAGE_MEDIA_TYPES, encode_image, png_base64
 from jmvae.service.settings import Settings
 

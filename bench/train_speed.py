@@ -41,7 +41,8 @@ from jmvae.model.config import ModelConfig
 from jmvae.model.device import resolve_device
 from jmvae.model.jmvae import JMVAE
 from jmvae.training.config import TrainConfig
-from jmvae.training.data import FaceArrays, FaceDataset, load_dataset
+from jmvae.training.data import FaceArrays, FaceDataset
+from jmvae.training.sources import load_dataset
 from jmvae.training.evaluate import evaluate
 from jmvae.training.trainer import METRICS, Trainer
 

@@ -1,7 +1,8 @@
-"""`jmvae serve`: validate the checkpoint, then run the app under uvicorn."""
+"""`jmvae serve` (jmvae.cli): validate the checkpoint, then run the app under uvicorn."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,16 @@ KEEP_ALIVE_S = 75
 # The supervisor kills a worker that does not answer its ping within this. At uvicorn's 5 s, workers still
 # importing torch on a busy machine were killed and respawned in a loop (5 in a minute at load 10 on 2 cores).
 WORKER_HEALTHCHECK_S = 30
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """serve, onto the `jmvae` command's sub-parsers."""
+    parser = commands.add_parser("serve", help="serve a checkpoint over HTTP (default: the model shipped inside)")
+    parser.add_argument("--checkpoint", type=Path, help="default: $JMVAE_CHECKPOINT, else the packaged model")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.set_defaults(func=lambda args: serve(args.checkpoint, args.host, args.port, args.workers))
 
 
 def serve(checkpoint: Path | None, host: str, port: int, workers: int) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +13,10 @@ import numpy as np
 import uvicorn
 from PIL import Image
 
+from bench.processes import free_port
+from jmvae.cli import main as jmvae_main
 from jmvae.service.app import create_app
 from jmvae.service.settings import Settings
-from jmvae.training.cli import main as jmvae_main
 
 
 def train_tiny_checkpoint(out: Path) -> Path:
@@ -30,12 +30,6 @@ def train_tiny_checkpoint(out: Path) -> Path:
     assert jmvae_main(["train", "--data", "synthetic", "--out", str(out / "run"), "--config", str(config),
                        "--epochs", "2"]) == 0
     return out / "run" / "final.safetensors"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from jmvae.model.baselines import CVAE, VAE, create_model
 from jmvae.model.bounds import cvae_log_px_given_w, vae_log_px
 from jmvae.model.checkpoint import CheckpointError, load_jmvae, load_model
 from jmvae.model.config import ModelConfig
-from jmvae.training.cli import main
+from jmvae.cli import main
 
 
 def test_baselines_share_the_networks(tiny_config: ModelConfig, batch) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from service_support import image_bytes
 
-from jmvae.service.benchmark import ENDPOINTS, main
+from bench.throughput import ENDPOINTS, main
 from jmvae.training.synthetic import render_faces, sample_attributes
 
 

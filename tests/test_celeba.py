@@ -436,7 +436,7 @@ def test_eval_crops_as_the_checkpoint_did_or_as_asked(root: Path, tmp_path: Path
 
     from matplotlib import cbook
 
-    from jmvae.training.cli import main
+    from jmvae.cli import main
 
     with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as portrait:
         face = portrait.convert("RGB").resize((178, 218), Image.Resampling.LANCZOS, box=(40, 0, 472, 529))

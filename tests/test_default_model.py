@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jmvae.service.engine import DEFAULT_CHECKPOINT
-from jmvae.training.cli import main
+from jmvae.cli import main
 
 CARD = DEFAULT_CHECKPOINT.parent / "MODEL_CARD.md"
 DATA = Path(os.environ.get("JMVAE_CELEBA_DIR", Path(__file__).resolve().parents[2] / "shared/datasets/celeba-subset"))

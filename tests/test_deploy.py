@@ -352,7 +352,7 @@ class Replica:
         self.log = logs / f"{name}.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "jmvae.training.cli", "serve", "--checkpoint", str(checkpoint),
+                [sys.executable, "-m", "jmvae.cli", "serve", "--checkpoint", str(checkpoint),
                  "--host", "127.0.0.1", "--port", str(self.port)], env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def wait(self, path: str, status: int, deadline: float) -> None:

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from service_support import free_port, running_server
 
-from jmvae.service.benchmark import Served, serve_subprocess
+from bench.processes import Served, serve_subprocess
 from jmvae.service.cli import GRACE_S
 from jmvae.service.engine import Engine, GenerateJob, Generated
 from jmvae.service.settings import Settings
@@ -95,7 +95,7 @@ def test_serve_refuses_a_bad_checkpoint_before_starting_workers(tmp_path: Path, 
         _tamper(tiny_checkpoint, path)
     # As a container starts it: the checkpoint from the environment, several workers.
     result = subprocess.run(
-        [sys.executable, "-m", "jmvae.training.cli", "serve", "--port", str(free_port()), "--workers", "2"],
+        [sys.executable, "-m", "jmvae.cli", "serve", "--port", str(free_port()), "--workers", "2"],
         env=os.environ | {"JMVAE_CHECKPOINT": str(path)}, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1

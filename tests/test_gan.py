@@ -10,7 +10,7 @@ from jmvae.model.checkpoint import read_checkpoint
 from jmvae.model.config import ModelConfig
 from jmvae.model.gan import Discriminator, discriminator_loss, generator_terms
 from jmvae.model.jmvae import JMVAE
-from jmvae.training.cli import main
+from jmvae.cli import main
 
 CONFIG = """
 batch_size = 50

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from service_support import image_bytes
 
-from jmvae.service.benchmark import serve_subprocess
+from bench.processes import serve_subprocess
 from jmvae.training.synthetic import render_faces, sample_attributes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ KEY = "k3y-that-must-never-be-logged"
 def _serve(checkpoint: Path, log: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "jmvae.training.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "jmvae.cli", "serve", "--port", str(port)],
         env={**os.environ, "JMVAE_CHECKPOINT": str(checkpoint), **env},
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
@@ -82,7 +82,7 @@ def test_serve_writes_json_lines_with_request_ids_and_never_the_key(tiny_checkpo
 
 
 def test_text_format_and_a_bad_setting_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "jmvae.training.cli", "serve"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "jmvae.cli", "serve"], capture_output=True, text=True,
                             env={**os.environ, "JMVAE_LOG_FORMAT": "xml"}, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["jmvae serve: JMVAE_LOG_FORMAT: Input should be 'json' or 'text'"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jmvae.service.benchmark import serve_subprocess
+from bench.processes import serve_subprocess
 
 
 def _loaded_libraries(pid: int) -> str:

@@ -413,7 +413,7 @@ def test_env_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_serve_refuses_a_bad_checkpoint_with_one_line(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
-    from jmvae.training.cli import main
+    from jmvae.cli import main
 
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(tiny_checkpoint.read_bytes()[:1000])
@@ -447,7 +447,7 @@ def test_a_checkpoint_trained_on_another_crop_is_refused(tmp_path: Path, tiny_ch
     from jmvae.model.checkpoint import CheckpointError, read_checkpoint
     from jmvae.model.preprocess import FaceDetection
     from jmvae.service.app import create_app
-    from jmvae.training.cli import main
+    from jmvae.cli import main
 
     if "detection" in changes:
         detection = read_checkpoint(tiny_checkpoint).meta.preprocessing.detection

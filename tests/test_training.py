@@ -15,7 +15,7 @@ import torch
 from jmvae.model.checkpoint import load_model, read_checkpoint
 from jmvae.model.preprocess import normalise
 from jmvae.training.augment import augment
-from jmvae.training.cli import main
+from jmvae.cli import main
 from jmvae.training.config import load_config
 from jmvae.training.report import FIGURE_ATTRIBUTES
 from jmvae.training.synthetic import RENDERED_ATTRIBUTES, synthetic_dataset
@@ -197,7 +197,7 @@ def test_resume_guards(tmp_path: Path, tiny_toml: Path, reference_run: Path, cap
 
 def test_sigterm_saves_and_resume_matches(tmp_path: Path, tiny_toml: Path, reference_run: Path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jmvae.training.cli", "train", "--data", "synthetic", "--out", str(out),
+    cmd = [sys.executable, "-m", "jmvae.cli", "train", "--data", "synthetic", "--out", str(out),
            "--config", str(tiny_toml), "--epochs", "3"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
@@ -221,7 +221,7 @@ def test_sigkill_mid_epoch_resumes_from_the_last_epoch_and_matches(tmp_path: Pat
                                                                    reference_run: Path) -> None:
     """SIGKILL gives no chance to save: the steps since the last whole epoch are lost and trained again."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jmvae.training.cli", "train", "--data", "synthetic", "--out", str(out),
+    cmd = [sys.executable, "-m", "jmvae.cli", "train", "--data", "synthetic", "--out", str(out),
            "--config", str(tiny_toml), "--epochs", "3"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = out / "metrics.jsonl"
@@ -270,7 +270,7 @@ def test_ddp_two_gloo_processes(tmp_path: Path, tiny_toml: Path) -> None:
     out = tmp_path / "ddp"
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "jmvae.training.cli", "train", "--data", "synthetic", "--out", str(out), "--config",
+           "-m", "jmvae.cli", "train", "--data", "synthetic", "--out", str(out), "--config",
            str(tiny_toml), "--epochs", "1", "--device", "cpu"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

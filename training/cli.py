@@ -1,4 +1,4 @@
-"""The `jmvae` command line."""
+"""The training commands of `jmvae` (jmvae.cli): train, eval, info and export."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from jmvae.model.checkpoint import CheckpointError, read_checkpoint
+from jmvae.model.checkpoint import read_checkpoint
 
 # Fields that may differ between a run and its resumption: they change how, not what, is trained.
 RESUMABLE_OVERRIDES = {"epochs", "device", "precision", "compile", "progress", "cache_dir", "workers", "log_every"}
@@ -34,7 +32,7 @@ def _train(args: argparse.Namespace) -> int:
     from jmvae.model.device import resolve_device
 
     from .config import CONFIG_FILE, TrainConfig, load_config
-    from .data import load_dataset
+    from .sources import load_dataset
     from .distributed import init_distributed, shutdown_distributed
     from .trainer import Trainer, TrainingInterrupted
 
@@ -80,7 +78,7 @@ def _eval(args: argparse.Namespace) -> int:
     from jmvae.model.jmvae import JMVAE
 
     from .config import SyntheticConfig, TrainConfig
-    from .data import load_dataset
+    from .sources import load_dataset
     from .evaluate import evaluate
     from .report import write_report
 
@@ -141,16 +139,8 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    # The command line sits above both packages; the service itself never imports training/.
-    from jmvae.service.cli import serve
-
-    return serve(args.checkpoint, args.host, args.port, args.workers)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jmvae", description="JMVAE-kl on faces and CelebA attributes")
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """train, eval, info and export, onto the `jmvae` command's sub-parsers (jmvae.cli)."""
 
     train = commands.add_parser("train", help="train a model and write checkpoints into RUN_DIR")
     train.add_argument("--data", help="CelebA root (img_align_celeba/, list_attr_celeba.txt, ...) or 'synthetic'")
@@ -204,25 +194,3 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     export.set_defaults(func=_export)
-
-    serve = commands.add_parser("serve", help="serve a checkpoint over HTTP (default: the model shipped inside)")
-    serve.add_argument("--checkpoint", type=Path, help="default: $JMVAE_CHECKPOINT, else the packaged model")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.set_defaults(func=_serve)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError, CheckpointError, ValidationError) as e:
-        message = " ".join(str(e).split())
-        print(f"jmvae {args.command}: {message}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .config import TrainConfig
 
 SPLITS = ("train", "val", "test")
 
@@ -111,18 +106,3 @@ class FaceDataset:
             # vector (jmvae.model.attributes). Aggregate counts, no face's own labels.
             "attribute_pair_counts": (present.T @ present).tolist(),
         }
-
-
-def load_dataset(config: TrainConfig) -> FaceDataset:
-    """The data a training configuration names: 'synthetic' or a CelebA root in its native layout."""
-    if config.data == "synthetic":
-        from .synthetic import synthetic_dataset
-
-        s = config.synthetic
-        return synthetic_dataset(s.n_train, s.n_val, s.n_test, seed=s.seed, image_size=config.model.image_size)
-    from .celeba import load_celeba
-
-    return load_celeba(
-        Path(config.data), config.preprocessing, config.resolved_cache_dir(), workers=config.workers,
-        progress=config.progress,
-    )

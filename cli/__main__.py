@@ -1,0 +1,5 @@
+import sys
+
+from jmvae.cli import main
+
+sys.exit(main())
