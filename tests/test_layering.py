@@ -1,4 +1,4 @@
-"""The package layering the README promises, read from the source: model ← training ← cli → service, with the
+"""The package layering the README's layout promises, read from the source: model ← training ← cli → service, with the
 service never reaching into training or the benchmarks, and no import cycle anywhere (lazy imports included)."""
 
 from __future__ import annotations

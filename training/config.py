@@ -31,7 +31,7 @@ class GanConfig(BaseModel):
 
     # The JMVAE loss is summed over 12,288 pixel values (thousands of nats per image); the adversarial loss is one
     # value per face, so it needs a weight of that order to move the decoder at all. The pixel term's pull scales
-    # as 1/σ², so 100 suits σ = 0.1; at σ = 0.5 it overpowered the pixels (README, "The GAN combination").
+    # as 1/σ², so 100 suits σ = 0.1; at σ = 0.5 it overpowered the pixels (docs/training.md, "The GAN combination, measured").
     weight: float = Field(100.0, gt=0.0, description="γ: weight of the decoder's adversarial loss (nats per face)")
     lr: float = Field(2e-4, gt=0.0, description="the discriminator's Adam learning rate")
     adam_betas: tuple[float, float] = (0.5, 0.999)
