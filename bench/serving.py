@@ -51,7 +51,7 @@ from PIL import Image
 from bench.peers.common import Pipeline
 from bench.processes import free_port, serve_subprocess, server_process
 from bench.throughput import drive
-from jmvae.service.render import IMAGE_MEDIA_TYPES, encode_image, png_base64
+from jmvae.service.encoding import IMAGE_MEDIA_TYPES, encode_image, png_base64
 from jmvae.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +240,7 @@ def _ceiling_here(pipeline: Pipeline, image: bytes, seconds: float) -> list[dict
 def _encode_costs(pipeline: Pipeline, repeat: int = 200) -> list[dict[str, Any]]:
     """Per format: the time to encode one average face and the answer's size."""
     job = pipeline.generate_job(GENERATE_BODY)
-    face = pipeline.engine._generate([job])[0].average
+    face = pipeline.engine.generate_batch([job])[0].average
     body = pipeline.generate([job])[0]
     encoders: dict[str, Callable[[], bytes]] = {
         "JSON, base64 PNG": lambda: json.dumps(body | {"average_face": png_base64(face)}).encode(),

@@ -68,11 +68,11 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jmvae-model")
         wait = settings.max_batch_wait_ms / 1000.0
         self.image_path: Batcher[np.ndarray, Encoded] = Batcher(
-            "image", self._encode_images, self._executor, settings.max_batch_size, wait, settings.max_queue,
+            "image", self.encode_batch, self._executor, settings.max_batch_size, wait, settings.max_queue,
             self._observe,
         )
         self.attribute_path: Batcher[GenerateJob, Generated] = Batcher(
-            "attributes", self._generate, self._executor, settings.max_batch_size, wait, settings.max_queue,
+            "attributes", self.generate_batch, self._executor, settings.max_batch_size, wait, settings.max_queue,
             self._observe,
         )
         metrics.track(
@@ -105,8 +105,8 @@ class Engine:
         job = GenerateJob(self.default_attributes, n=1, zeta=1.0, seed=0)
         for _ in range(self.settings.warmup_batches):
             for size in {1, self.settings.max_batch_size}:
-                await loop.run_in_executor(self._executor, self._encode_images, [face] * size)
-                await loop.run_in_executor(self._executor, self._generate, [job] * size)
+                await loop.run_in_executor(self._executor, self.encode_batch, [face] * size)
+                await loop.run_in_executor(self._executor, self.generate_batch, [job] * size)
         self.ready = True
 
     async def stop(self) -> None:
@@ -128,15 +128,15 @@ class Engine:
             w[self.attribute_names.index(name)] = value
         return self.attribute_prior.complete(w)
 
-    # Batched model paths (run on the model thread) -------------------------------------------------------
+    # Batched model paths: on the model thread via the batchers, or called by a server that batches itself ------
     @torch.inference_mode()
-    def _encode_images(self, faces: Sequence[np.ndarray]) -> list[Encoded]:
+    def encode_batch(self, faces: Sequence[np.ndarray]) -> list[Encoded]:
         x = normalise(torch.from_numpy(np.stack(faces)).to(self.device))
         probabilities = self.model.attribute_probabilities(x, mode=self.mode).cpu().numpy()
         return [Encoded(p) for p in probabilities]
 
     @torch.inference_mode()
-    def _generate(self, jobs: Sequence[GenerateJob]) -> list[Generated]:
+    def generate_batch(self, jobs: Sequence[GenerateJob]) -> list[Generated]:
         w = torch.from_numpy(np.stack([job.attributes for job in jobs])).to(self.device)
         q = self.model.infer(w=w, mode=self.mode)
         latents = [q.mean]

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from service_support import free_port, image_bytes
 
-from jmvae.service.app import MULTIPART_OVERHEAD
+from jmvae.service.middleware import MULTIPART_OVERHEAD
 from jmvae.service.settings import Settings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is a dev dependency: pip install -e '.[dev]'")

@@ -108,7 +108,7 @@ POISON_SEED = 666
 def test_a_request_that_makes_the_model_raise_fails_alone(tiny_checkpoint: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     attempts: list[int] = []  # size of each forward pass that held the poisoned request
-    generate = Engine._generate
+    generate = Engine.generate_batch
 
     def poisoned(self: Engine, jobs: list[GenerateJob]) -> list[Generated]:
         if any(job.seed == POISON_SEED for job in jobs):
@@ -116,7 +116,7 @@ def test_a_request_that_makes_the_model_raise_fails_alone(tiny_checkpoint: Path,
             raise RuntimeError("the model cannot take this input")
         return generate(self, jobs)
 
-    monkeypatch.setattr(Engine, "_generate", poisoned)
+    monkeypatch.setattr(Engine, "generate_batch", poisoned)
     # A batch waits up to 2 s for 16 items: the 16 requests below share one forward pass.
     settings = Settings(checkpoint=tiny_checkpoint, max_batch_size=16, max_batch_wait_ms=2000)
     seeds = [*range(7), POISON_SEED, *range(7, 15)]

@@ -35,7 +35,7 @@ from service_support import image_bytes, running_server
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 
-from jmvae.service.app import MULTIPART_OVERHEAD
+from jmvae.service.middleware import MULTIPART_OVERHEAD
 from jmvae.service.schemas import AttributesResponse, EditResponse
 from jmvae.service.settings import Settings
 from jmvae.training.synthetic import render_faces, sample_attributes

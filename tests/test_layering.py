@@ -98,3 +98,34 @@ def test_the_checks_see_a_cycle_and_a_wrong_layer(tmp_path: Path) -> None:
         test_each_package_imports_only_the_layers_below_it(fake)
     with pytest.raises(AssertionError, match="->"):
         test_no_import_cycles(fake)
+
+
+def _trees(*folders: str) -> dict[Path, ast.Module]:
+    return {path: ast.parse(path.read_text(), str(path))
+            for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))}
+
+
+def test_no_function_in_the_service_is_longer_than_60_lines() -> None:
+    long = sorted(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+                  for path, tree in _trees("service").items() for node in ast.walk(tree)
+                  if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                  and node.end_lineno - node.lineno + 1 > 60)
+    assert not long, "\n".join(long)
+
+
+def test_nothing_reaches_into_another_objects_private_members() -> None:
+    # The project's own private names (methods and attributes set on self), used on anything but self or cls.
+    trees = _trees("cli", "model", "training", "service", "bench")
+    private = {node.name for tree in trees.values() for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef)
+               for node in cls.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+               and node.name.startswith("_") and not node.name.startswith("__")}
+    private |= {node.attr for tree in trees.values() for node in ast.walk(tree)
+                if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name) and node.value.id == "self"
+                and node.attr.startswith("_") and not node.attr.startswith("__")}
+    assert "_executor" in private  # the Engine's: the scan sees what it should
+    reached = sorted(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}"
+                     for path, tree in trees.items() for node in ast.walk(tree)
+                     if isinstance(node, ast.Attribute) and node.attr in private
+                     and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")))
+    assert not reached, "\n".join(reached)

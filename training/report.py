@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from jmvae.model.attributes import AttributePrior
 from jmvae.model.baselines import CVAE, VAE, AttributeClassifier
 from jmvae.model.checkpoint import CheckpointMeta
+from jmvae.model.editing import edit_face, read_attributes
 from jmvae.model.jmvae import JMVAE
 from jmvae.model.preprocess import denormalise, normalise
 from jmvae.model.render import grid
@@ -129,15 +130,14 @@ def _figure_scores(classifier: AttributeClassifier, faces: torch.Tensor, rows: l
 @torch.inference_mode()
 def _edit_pipeline(model: JMVAE, x: torch.Tensor, names: list[str]) -> np.ndarray:
     """Figure 2: per row the input x, x_mean (its predicted attributes), x′_mean (Smiling toggled) and
-    x′ = x + x′_mean − x_mean."""
-    w = torch.where(model.decode_attributes(model.q_image(x).mean) > 0, 1.0, -1.0)
-    w_prime = w.clone()
+    x′ = x + x′_mean − x_mean, by the service's own arithmetic (jmvae.model.editing)."""
+    w = read_attributes(torch.sigmoid(model.decode_attributes(model.q_image(x).mean)).numpy())
+    w_prime = w.copy()
     column = names.index("Smiling") if "Smiling" in names else 0
     w_prime[:, column] = -2.0 * w[:, column]
-    x_mean = model.decode_image(model.q_attributes(w).mean)
-    x_prime_mean = model.decode_image(model.q_attributes(w_prime).mean)
-    edited = (x + x_prime_mean - x_mean).clamp(0, 1)
-    tiles = denormalise(torch.stack([x, x_mean, x_prime_mean, edited], dim=1).reshape(-1, *x.shape[1:])).numpy()
+    faces = [denormalise(t).numpy() for t in (x, model.decode_image(model.q_attributes(torch.from_numpy(w)).mean),
+                                              model.decode_image(model.q_attributes(torch.from_numpy(w_prime)).mean))]
+    tiles = np.stack([*faces, edit_face(*faces)], axis=1).reshape(-1, *faces[0].shape[1:])
     return _upscale(grid(list(tiles), columns=4))
 
 

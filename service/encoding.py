@@ -1,4 +1,4 @@
-"""Faces out over HTTP: base64 PNGs in JSON, or one image in the format the client asks for."""
+"""Faces out over HTTP: base64 PNGs in JSON, or one image in the format the client asks for (Accept)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,22 @@ def encode_image(image: np.ndarray, media_type: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image, mode="RGB").save(buffer, **_SAVE_OPTIONS[media_type])
     return buffer.getvalue()
+
+
+def accepted_image_type(accept: str) -> str | None:
+    """The image type an Accept header ranks highest when it ranks it at least as high as JSON, else None (answer
+    JSON); equal ranks go to PNG, then JPEG, then WebP."""
+    ranked: dict[str, float] = {}
+    for part in accept.split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for p in params:
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        ranked[media.lower()] = q
+    best = max(IMAGE_MEDIA_TYPES, key=lambda media: ranked.get(media, 0.0))  # max keeps the first of equals
+    q = ranked.get(best, 0.0)
+    return best if q > 0 and q >= ranked.get("application/json", 0.0) else None

@@ -1,0 +1,78 @@
+"""What a route needs, as typed FastAPI dependencies: the engine and the core from the app's lifespan, the core
+only once it is ready, and the uploaded forms read strictly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from .bodies import parse_json, read_form
+from .core import Core
+from .engine import Engine
+from .errors import ServiceUnavailable
+from .metrics import ServiceMetrics
+from .middleware import MULTIPART_OVERHEAD, max_body_bytes
+from .openapi import OPTIONAL_PARTS
+from .schemas import EditChanges
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.state.engine
+    return engine
+
+
+def _metrics(request: Request) -> ServiceMetrics:
+    metrics: ServiceMetrics = request.state.metrics
+    return metrics
+
+
+def _ready_core(request: Request) -> Core:
+    core: Core = request.state.core
+    if not core.engine.ready:
+        raise ServiceUnavailable("the model is warming up")
+    return core
+
+
+EngineDep = Annotated[Engine, Depends(_engine)]  # ready or not: for /readyz and /model
+MetricsDep = Annotated[ServiceMetrics, Depends(_metrics)]
+CoreDep = Annotated[Core, Depends(_ready_core)]  # 503 while the model warms up, before the body is read
+
+
+@dataclass(frozen=True)
+class Upload:
+    photo: bytes
+    box: str | None  # the `box` part's JSON, checked by the core
+
+
+@dataclass(frozen=True)
+class EditUpload(Upload):
+    changes: dict[str, float]
+
+
+async def _read(request: Request, core: Core, *fields: str) -> tuple[bytes, dict[str, str]]:
+    return await read_form(request, "image", fields, max_bytes=max_body_bytes(core.settings),
+                           max_field_bytes=MULTIPART_OVERHEAD, optional=OPTIONAL_PARTS)
+
+
+async def _upload(request: Request, core: CoreDep) -> Upload:
+    photo, fields = await _read(request, core)
+    return Upload(photo, fields.get("box"))
+
+
+async def _edit_upload(request: Request, core: CoreDep) -> EditUpload:
+    photo, fields = await _read(request, core, "changes")
+    try:
+        changes = EditChanges.model_validate({"changes": parse_json(fields["changes"])}).changes
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
+    except ValueError as e:  # after ValidationError, which is a ValueError too
+        raise RequestValidationError([{"loc": ("changes",), "msg": f"not valid JSON ({e})"}]) from None
+    return EditUpload(photo, fields.get("box"), changes)
+
+
+UploadDep = Annotated[Upload, Depends(_upload)]
+EditUploadDep = Annotated[EditUpload, Depends(_edit_upload)]

@@ -1,0 +1,108 @@
+"""What wraps every request: the API key, CORS, the body limit, metrics, and the request id and access log."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import BodyTooLarge, error_response
+from .logs import RequestContext
+from .metrics import ServiceMetrics
+from .settings import Settings
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
+# The web page and its assets load without a key: the page itself asks for the key and sends it to the API.
+OPEN_PREFIXES = ("/static/",)
+# Multipart framing around the image: boundaries, part headers and the small `changes` field.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def max_body_bytes(settings: Settings) -> int:
+    return settings.max_upload_bytes + MULTIPART_OVERHEAD
+
+
+def install_middleware(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> None:
+    """Innermost first (each one added wraps the ones before): auth, CORS (so that 401s carry CORS headers), the
+    body limit, metrics around those so refusals are counted too, and outermost the request id and access log,
+    so every log line a request causes carries its id."""
+    if settings.api_key is not None:
+        _require_api_key(app, settings.api_key.get_secret_value())
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes(settings))
+    app.add_middleware(RequestContext, on_response=lambda scope, status, seconds: metrics.observe_request(
+        endpoint_label(app, scope), scope["method"], status, seconds))
+
+
+def _require_api_key(app: FastAPI, key: str) -> None:
+    # Digests of equal length, so compare_digest's time reveals neither how much of a guess was right nor the
+    # key's length.
+    expected = hashlib.sha256(key.encode()).digest()
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or request.method == "OPTIONS":
+            return await call_next(request)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        offered = hashlib.sha256(token.strip().encode()).digest()
+        if not hmac.compare_digest(offered, expected) or scheme.lower() != "bearer":
+            return error_response(401, "unauthorized", "a valid API key is required as 'Authorization: Bearer <key>'",
+                                  {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+
+def endpoint_label(app: FastAPI, scope: Scope) -> str:
+    """The route template a request matches, for bounded metric labels; unknown paths share one label. Matched
+    here rather than read from the routed scope, so that requests refused before routing (401, 413) count too."""
+    for route in _flat(app.router.routes):
+        if route.matches(scope)[0] != Match.NONE:
+            return getattr(route, "path", "unmatched")
+    return "unmatched"
+
+
+def _flat(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    # FastAPI keeps an included router as one entry, its routes behind `original_router`.
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        yield from _flat(included.routes) if included is not None else (route,)
+
+
+class BodyLimit:
+    """Refuses bodies over the limit as they stream in (413), before the app has read them whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            too_large = BodyTooLarge(self.max_bytes)
+            await error_response(413, "payload_too_large", str(too_large.detail))(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, counting_receive, send)

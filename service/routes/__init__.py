@@ -1,0 +1,7 @@
+"""The HTTP routes, one module per resource; each route is thin: its dependencies, one core call, the answer."""
+
+from fastapi import APIRouter
+
+from . import attributes, edit, generate, model, operations
+
+ROUTERS: tuple[APIRouter, ...] = (operations.router, model.router, attributes.router, generate.router, edit.router)

@@ -1,0 +1,19 @@
+"""POST /attributes: a face photo → its attribute probabilities."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ..bodies import StandardJSONRoute
+from ..deps import CoreDep, UploadDep
+from ..openapi import BOX_PART, IMAGE_PART, errors, multipart
+from ..schemas import AttributesResponse
+
+router = APIRouter(route_class=StandardJSONRoute)
+
+
+@router.post("/attributes", tags=["model"], summary="Face photo → attribute probabilities",
+             response_model=AttributesResponse, responses=errors(401, 413, 415, 422, 503),
+             openapi_extra=multipart(image=IMAGE_PART, box=BOX_PART))
+async def attributes(core: CoreDep, upload: UploadDep) -> AttributesResponse:
+    return await core.attributes(upload.photo, upload.box)

@@ -1,0 +1,26 @@
+"""POST /edit: a face photo and attribute changes → the edited face, as JSON or as one image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from ..bodies import StandardJSONRoute
+from ..deps import CoreDep, EditUploadDep
+from ..encoding import accepted_image_type, encode_image
+from ..openapi import BOX_PART, CHANGES_PART, IMAGE_PART, IMAGE_RESPONSE, errors, multipart
+from ..schemas import EditResponse
+
+router = APIRouter(route_class=StandardJSONRoute)
+
+
+@router.post("/edit", tags=["model"], summary="Face photo + attribute changes → edited face",
+             response_model=EditResponse, responses={200: IMAGE_RESPONSE} | errors(401, 413, 415, 422, 503),
+             openapi_extra=multipart(image=IMAGE_PART, changes=CHANGES_PART, box=BOX_PART))
+async def edit(request: Request, core: CoreDep, upload: EditUploadDep) -> Any:
+    edited = await core.edit(upload.photo, upload.changes, upload.box)
+    if media_type := accepted_image_type(request.headers.get("accept", "")):
+        return Response(await run_in_threadpool(encode_image, edited.edited, media_type), media_type=media_type)
+    return await run_in_threadpool(core.edit_response, edited)

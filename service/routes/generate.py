@@ -1,0 +1,29 @@
+"""POST /generate: attributes → the average face and random faces, as JSON or as one image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from jmvae.model.render import grid
+
+from ..bodies import StandardJSONRoute
+from ..deps import CoreDep
+from ..encoding import accepted_image_type, encode_image
+from ..openapi import IMAGE_RESPONSE, errors
+from ..schemas import GenerateRequest, GenerateResponse
+
+router = APIRouter(route_class=StandardJSONRoute)
+
+
+@router.post("/generate", tags=["model"], summary="Attributes → average face and random faces",
+             response_model=GenerateResponse, responses={200: IMAGE_RESPONSE} | errors(401, 413, 422, 503))
+async def generate(request: Request, core: CoreDep, body: GenerateRequest) -> Any:
+    generation = await core.generate(body)
+    # Encoding images is CPU work: off the event loop, like decoding.
+    if media_type := accepted_image_type(request.headers.get("accept", "")):
+        image = generation.result.average if body.n == 0 else grid(generation.images)
+        return Response(await run_in_threadpool(encode_image, image, media_type), media_type=media_type)
+    return await run_in_threadpool(core.generate_response, generation)
