@@ -48,7 +48,7 @@ from jmvae.training.trainer import METRICS, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 MULTIVAE_PYTHON = ROOT / "bench" / ".venv-multivae" / "bin" / "python"
-# Bounds compared between the two sides (training/evaluate.py names, without "val_").
+# Bounds compared between the two sides (named as in training/metrics.py).
 BOUNDS = ("elbo", "log_pxw", "log_px_single")
 
 
@@ -109,7 +109,7 @@ class Ours:
 
     def validation(self) -> dict[str, float]:
         val = self.records("val")[-1]
-        return {name: val[f"val_{name}"] for name in BOUNDS}
+        return {name: val[name] for name in BOUNDS}
 
     def close(self) -> None:
         self.run_dir.cleanup()
@@ -241,7 +241,7 @@ def bound(args: argparse.Namespace, config: TrainConfig, dataset: FaceDataset, d
                     metrics = evaluate(evaluated, dataset.split("val"), prevalence, config.alpha, k=config.val_k,
                                        n_w=config.val_n_w, max_examples=config.val_max_examples, seed=config.seed)
                     points["multivae"].append({"epoch": len(points["multivae"]) + 1, "train_seconds": clock["multivae"]}
-                                              | {name: metrics[f"val_{name}"] for name in BOUNDS})
+                                              | {name: metrics[name] for name in BOUNDS})
                 log(f"bound: ours {clock['ours']:.0f} s, MultiVae {clock['multivae']:.0f} s of training")
             own = peer.request(cmd="own_log_pxw", k=config.val_k)["own_log_pxw"]
         finally:

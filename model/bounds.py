@@ -28,7 +28,7 @@ class Bounds:
     log_px_multiple: torch.Tensor  # log p(x), proposal q(z|x,w)
     log_px_single: torch.Tensor  # log p(x), proposal q(z|x)
     log_pxw: torch.Tensor  # log p(x, w), proposal q(z|x,w)
-    log_pw: torch.Tensor  # log p(w), N_w samples from the prior
+    log_pw: torch.Tensor  # log p(w), N_w samples from the prior (not reported: metric log_pw is ObjectiveTerms')
     log_px_given_w: torch.Tensor  # log p(x|w) = log p(x, w) − log p(w) (Eq. 4)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -59,8 +59,17 @@ class CheckpointMeta(BaseModel):
     data: dict[str, Any]  # summary of the data set trained on
     epoch: int  # completed epochs
     step: int  # optimiser steps taken
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {}  # the last validation's, named as in training/metrics.py
     tensors_sha256: str = ""  # filled in by save_checkpoint
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _current_metric_names(cls, metrics: Any) -> Any:
+        """Checkpoints written before the one vocabulary of metric names (the default model among them) named
+        every validation metric "val_<name>"; they read with today's names."""
+        if isinstance(metrics, Mapping):
+            return {k.removeprefix("val_") if isinstance(k, str) else k: v for k, v in metrics.items()}
+        return metrics
 
     @property
     def default_inference_mode(self) -> Literal["kl", "zero"]:

@@ -40,6 +40,7 @@ class ObjectiveTerms:
         return self.log_px + self.log_pw - self.kl_prior
 
     def as_floats(self) -> dict[str, float]:
+        """The terms by the metric names of training/metrics.py."""
         return {name: float(getattr(self, name).detach()) for name in
                 ("loss", "log_px", "log_pw", "kl_prior", "kl_image", "kl_attributes")} | {"elbo": float(self.elbo.detach())}
 

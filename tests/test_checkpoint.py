@@ -25,7 +25,7 @@ def _meta(config: ModelConfig) -> CheckpointMeta:
         package_version="test", created_at=now_iso(), model=config,
         attribute_names=tuple(f"A{i}" for i in range(config.n_attributes)),
         preprocessing=Preprocessing(image_size=config.image_size), alpha=0.1, training={"epochs": 1},
-        data={"name": "fixture"}, epoch=1, step=10, metrics={"val_elbo": -123.5},
+        data={"name": "fixture"}, epoch=1, step=10, metrics={"elbo": -123.5},
     )
 
 
@@ -40,7 +40,7 @@ def saved(tmp_path: Path, tiny_model: JMVAE, tiny_config: ModelConfig) -> Path:
 def test_round_trip(saved: Path, tiny_model: JMVAE, batch) -> None:
     model, meta = load_model(saved)
     assert not model.training
-    assert meta.step == 10 and meta.metrics == {"val_elbo": -123.5} and meta.tensors_sha256
+    assert meta.step == 10 and meta.metrics == {"elbo": -123.5} and meta.tensors_sha256
     assert meta.default_inference_mode == "kl"
     for name, value in tiny_model.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
@@ -51,6 +51,20 @@ def test_round_trip(saved: Path, tiny_model: JMVAE, batch) -> None:
     assert torch.equal(full.state_tensors["optimizer.0.exp_avg"], torch.ones(3))
     assert full.state_json == {"epoch": 1}
     assert list(saved.parent.iterdir()) == [saved]  # no temp file left behind
+
+
+def test_metrics_of_old_checkpoints_read_with_todays_names(tmp_path: Path, tiny_model: JMVAE,
+                                                          tiny_config: ModelConfig) -> None:
+    """Checkpoints from before the one vocabulary (the shipped default model's too) named validation metrics
+    val_<name>."""
+    path = tmp_path / "old.safetensors"
+    old = _meta(tiny_config).model_copy(update={"metrics": {"val_elbo": -123.5, "val_attr_auc_kl": 0.8}})
+    save_checkpoint(path, Checkpoint(old, tiny_model.state_dict()))
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    stored = json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["jmvae"])["metrics"]
+    assert stored == {"val_elbo": -123.5, "val_attr_auc_kl": 0.8}  # written as an old version did
+    assert read_checkpoint(path).meta.metrics == {"elbo": -123.5, "attr_auc_kl": 0.8}
 
 
 def test_no_pickle_in_the_file(saved: Path) -> None:

@@ -11,6 +11,7 @@ from jmvae.model.config import ModelConfig
 from jmvae.model.gan import Discriminator, discriminator_loss, generator_terms
 from jmvae.model.jmvae import JMVAE
 from jmvae.cli import main
+from jmvae.training.metrics import unknown
 
 CONFIG = """
 batch_size = 50
@@ -71,6 +72,7 @@ def test_gan_training_logs_the_discriminator_and_resumes_exactly(tmp_path: Path,
     records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert all({"d_loss", "d_real", "d_fake", "g_adv"} <= set(r) for r in train)
+    assert not [unknown(r) for r in records if unknown(r)]  # every name in training/metrics.py
     assert json.loads((whole / "config.json").read_text())["gan"]["weight"] == 50.0
 
     # The run's state carries the discriminator; the served weights do not.

@@ -80,6 +80,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .config import SyntheticConfig, TrainConfig
     from .sources import load_dataset
     from .evaluate import evaluate
+    from .metrics import CONVENTION, UNITS
     from .report import write_report
 
     device = resolve_device(args.device)
@@ -117,8 +118,7 @@ def _eval(args: argparse.Namespace) -> int:
                        max_examples=args.max_examples, seed=args.seed)
     print(json.dumps({"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split} | crop | {
                       "examples": min(len(dataset.split(args.split)), args.max_examples),
-                      "convention": "nats per image; sums over all 3·S·S pixel values and all attributes"}
-                     | {k.removeprefix("val_"): v for k, v in metrics.items()}, indent=2, ensure_ascii=False))
+                      "units": UNITS, "convention": CONVENTION} | metrics, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -181,7 +181,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     evaluation.add_argument("--no-progress", action="store_true")
     evaluation.add_argument("--out", type=Path, help="write metrics.json, report.md and the figures here")
     evaluation.add_argument("--classifier", type=Path, help="with --out: a `--model classifier` checkpoint that "
-                            "scores generated faces (coherence_auc_mean)")
+                            "scores generated faces (coherence_auc)")
     evaluation.add_argument("--vae", type=Path, help="with --out: a VAE baseline for Table 1")
     evaluation.add_argument("--cvae", type=Path, help="with --out: a CVAE baseline for Table 1")
     evaluation.set_defaults(func=_eval)

@@ -25,7 +25,8 @@ def evaluate(
     batch_size: int = 250,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Means over the first `max_examples` of `split` (nats; sums over all pixel values and attributes).
+    """Means over the first `max_examples` of `split` (nats; sums over all pixel values and attributes), named as
+    in training/metrics.py's METRICS.
 
     A VAE baseline gets its objective and log p(x) (q(z|x)); a CVAE baseline its objective and log p(x|w); the
     attribute classifier attr_acc_classifier and attr_auc_classifier.
@@ -47,15 +48,15 @@ def evaluate(
         x = normalise(torch.from_numpy(np.array(split.images[rows])).to(device))  # a copy: the cache is read-only
         w = torch.from_numpy(split.attributes[rows]).to(device).float()
         terms = model(x, w, alpha=alpha, beta=1.0, generator=generator).as_floats()
-        batch = {f"val_{name}": value for name, value in terms.items() if name != "loss"}
+        batch = {name: value for name, value in terms.items() if name != "loss"}
         if isinstance(model, VAE):
-            batch["val_log_px_single"] = float(vae_log_px(model, x, k=k, generator=generator).mean())
+            batch["log_px_single"] = float(vae_log_px(model, x, k=k, generator=generator).mean())
         elif isinstance(model, CVAE):
-            batch["val_log_px_given_w"] = float(cvae_log_px_given_w(model, x, w, k=k, generator=generator).mean())
+            batch["log_px_given_w"] = float(cvae_log_px_given_w(model, x, w, k=k, generator=generator).mean())
         predictions: dict[str, torch.Tensor] = {}
         if isinstance(model, JMVAE):
             bounds = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)
-            batch |= {f"val_{name}": float(getattr(bounds, name).mean()) for name in
+            batch |= {name: float(getattr(bounds, name).mean()) for name in
                       ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w")}
             predictions = {mode: model.decode_attributes(model.infer(x=x, mode=mode).mean) for mode in ("kl", "zero")}
             # What POST /attributes answers: the same q(z|x), averaged over views of the face.
@@ -64,10 +65,10 @@ def evaluate(
             predictions = {"classifier": model.logits(x)}
         present = w > 0
         for source, logits in predictions.items():
-            batch[f"val_attr_acc_{source}"] = float(((logits > 0) == present).float().mean())
+            batch[f"attr_acc_{source}"] = float(((logits > 0) == present).float().mean())
             scores.setdefault(source, []).append(logits.float().cpu().numpy())
         if predictions:
-            batch["val_attr_acc_majority"] = float((majority == present).float().mean())
+            batch["attr_acc_majority"] = float((majority == present).float().mean())
         for name, value in batch.items():
             sums[name] = sums.get(name, 0.0) + value * len(x)
     model.train(was_training)
@@ -77,7 +78,7 @@ def evaluate(
     labels = split.attributes[:n] > 0
     for mode, parts in scores.items():
         aucs = roc_auc(np.concatenate(parts), labels)
-        metrics[f"val_attr_auc_{mode}"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
+        metrics[f"attr_auc_{mode}"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
     return metrics
 
 
@@ -103,8 +104,9 @@ def coherence(model: JMVAE, classifier: AttributeClassifier, split: FaceArrays, 
               batch_size: int = 250) -> dict[str, float]:
     """Do generated faces show the attributes they were generated from? Each example's attributes → mean of
     q(z|w) → average face, quantised to uint8 as the service sends it → the classifier's logits, scored against
-    those attributes (ROC AUC and accuracy, means over attributes). The classifier's own scores on the real
-    images of the same examples say how far to trust it."""
+    those attributes (coherence_auc, coherence_acc). The classifier's own scores on the real images of the same
+    examples, the attr_auc_classifier and attr_acc_classifier that `evaluate` gives the classifier, say how far to
+    trust it."""
     model.eval()
     classifier.eval()
     device = next(model.parameters()).device
@@ -118,8 +120,9 @@ def coherence(model: JMVAE, classifier: AttributeClassifier, split: FaceArrays, 
         real.append(classifier.logits(normalise(torch.from_numpy(np.array(split.images[rows])).to(device))).cpu().numpy())
     labels = split.attributes[:n] > 0
     metrics = {}
-    for prefix, parts in (("coherence", generated), ("classifier", real)):
+    for auc, acc, parts in (("coherence_auc", "coherence_acc", generated),
+                            ("attr_auc_classifier", "attr_acc_classifier", real)):
         logits = np.concatenate(parts)
-        metrics[f"{prefix}_auc_mean"] = float(np.nanmean(roc_auc(logits, labels)))
-        metrics[f"{prefix}_acc_mean"] = float(((logits > 0) == labels).mean())
+        metrics[auc] = float(np.nanmean(roc_auc(logits, labels)))
+        metrics[acc] = float(((logits > 0) == labels).mean())
     return metrics

@@ -19,37 +19,27 @@ from jmvae.model.render import grid
 
 from .data import FaceArrays
 from .evaluate import coherence, evaluate, roc_auc
+from .metrics import CONVENTION, UNITS
 
-CONVENTION = (
-    "log-likelihoods in nats per image, summed over all 3·S·S pixel values and all attributes (the paper's code "
-    "averaged the image term over the 3 channels, so its Table 1 is on another scale); accuracies and ROC AUC "
-    "of image → attributes through the mean of q(z|x) and p(w|z)"
-)
 # The attributes of the paper's Figure 1 and of this project's visual checks.
 FIGURE_ATTRIBUTES = ("Male", "Smiling", "Eyeglasses", "Blond_Hair", "Black_Hair", "Bald", "Mustache", "Wearing_Hat")
-_RENAMED = {"log_px_multiple": "log_p_x_multiple", "log_px_single": "log_p_x_single",
-            "log_px_given_w": "log_p_x_given_w", "log_pxw": "log_p_xw", "attr_acc_kl": "attr_acc_mean",
-            "attr_auc_kl": "attr_auc_mean", "attr_acc_majority": "majority_acc_mean",
-            "attr_acc_zero": "attr_acc_mean_zero", "attr_auc_zero": "attr_auc_mean_zero",
-            "attr_acc_served": "attr_acc_mean_served", "attr_auc_served": "attr_auc_mean_served"}
 
 
 def write_report(model: JMVAE, meta: CheckpointMeta, split: FaceArrays, out: Path, k: int = 10, n_w: int = 10,
                  max_examples: int = 1000, seed: int = 0, classifier: AttributeClassifier | None = None,
                  baselines: tuple[VAE | CVAE, ...] = (), crop: str | None = None) -> dict[str, float]:
-    """Writes out/metrics.json, out/report.md and the figures; returns the flat metrics. With a classifier, the
-    coherence of generation and Figure 1(a) scored; with VAE/CVAE baselines, their bounds on the same examples
-    (Table 1 side by side)."""
+    """Writes out/metrics.json, out/report.md and the figures; returns the flat metrics, named as in
+    training/metrics.py. With a classifier, the coherence of generation and Figure 1(a) scored; with VAE/CVAE
+    baselines, their bounds on the same examples (Table 1 side by side)."""
     out.mkdir(parents=True, exist_ok=True)
     prevalence = np.array([meta.data["attribute_prevalence"][n] for n in meta.attribute_names])
-    raw = evaluate(model, split, prevalence, meta.alpha, k=k, n_w=n_w, max_examples=max_examples, seed=seed)
-    metrics = {_RENAMED.get(key[4:], key[4:]): value for key, value in raw.items()}
+    metrics = evaluate(model, split, prevalence, meta.alpha, k=k, n_w=n_w, max_examples=max_examples, seed=seed)
     for baseline in baselines:
         scores = evaluate(baseline, split, prevalence, 0.0, k=k, max_examples=max_examples, seed=seed)
         if isinstance(baseline, VAE):
-            metrics["vae_log_p_x"] = scores["val_log_px_single"]
+            metrics["vae_log_px_single"] = scores["log_px_single"]
         else:
-            metrics["cvae_log_p_x_given_w"] = scores["val_log_px_given_w"]
+            metrics["cvae_log_px_given_w"] = scores["log_px_given_w"]
     if classifier is not None:
         metrics |= coherence(model, classifier, split, max_examples)
     n = min(len(split), max_examples)
@@ -61,8 +51,8 @@ def write_report(model: JMVAE, meta: CheckpointMeta, split: FaceArrays, out: Pat
     aucs = roc_auc(logits, labels)
     accs = ((logits > 0) == labels).mean(axis=0)
     for name, auc, acc in zip(meta.attribute_names, aucs, accs):
-        metrics[f"attr_auc/{name}"] = float(auc)
-        metrics[f"attr_acc/{name}"] = float(acc)
+        metrics[f"attr_auc_kl/{name}"] = float(auc)
+        metrics[f"attr_acc_kl/{name}"] = float(acc)
     metrics |= {"examples": n, "k": k, "n_w": n_w}
     names = list(meta.attribute_names)
     rows = figure_rows(AttributePrior.from_summary(meta.data, names), names)
@@ -74,7 +64,7 @@ def write_report(model: JMVAE, meta: CheckpointMeta, split: FaceArrays, out: Pat
     _save(out / "fig1b_latent_pca.png", _latent_pca(means.numpy(), labels[:, names.index("Male")]
                                                     if "Male" in names else labels[:, 0]))
     _save(out / "fig2_edit.png", _edit_pipeline(model, x[:6], names))
-    (out / "metrics.json").write_text(json.dumps({"units": "nats per image", "convention": CONVENTION} | metrics,
+    (out / "metrics.json").write_text(json.dumps({"units": UNITS, "convention": CONVENTION} | metrics,
                                                  indent=2, ensure_ascii=False) + "\n")
     (out / "report.md").write_text(_markdown(meta, metrics, names, crop or meta.preprocessing.crop))
     return metrics
@@ -167,26 +157,25 @@ def _markdown(meta: CheckpointMeta, metrics: dict[str, float], names: list[str],
         f"Convention: {CONVENTION}.", "",
         "| metric | value |", "| --- | --- |",
     ]
-    for key in ("log_p_x_multiple", "log_p_x_single", "log_p_xw", "log_p_x_given_w", "elbo", "attr_acc_mean",
-                "attr_auc_mean", "majority_acc_mean", "attr_acc_mean_zero", "attr_auc_mean_zero",
-                "attr_acc_mean_served", "attr_auc_mean_served", "vae_log_p_x",
-                "cvae_log_p_x_given_w", "coherence_auc_mean", "coherence_acc_mean", "classifier_auc_mean",
-                "classifier_acc_mean"):
+    for key in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w", "elbo", "attr_acc_kl",
+                "attr_auc_kl", "attr_acc_majority", "attr_acc_zero", "attr_auc_zero", "attr_acc_served",
+                "attr_auc_served", "vae_log_px_single", "cvae_log_px_given_w", "coherence_auc", "coherence_acc",
+                "attr_auc_classifier", "attr_acc_classifier"):
         if key in metrics:
             lines.append(f"| {key} | {metrics[key]:.4g} |")
     lines += ["", "Table 1 of the paper, on these examples (— where a model does not define the quantity):", "",
               "| model | log p(x) | log p(x\\|w) |", "| --- | --- | --- |",
-              f"| VAE | {_cell(metrics, 'vae_log_p_x')} | — |",
-              f"| CVAE | — | {_cell(metrics, 'cvae_log_p_x_given_w')} |",
-              f"| JMVAE-kl, q(z\\|x,w) (multiple) | {_cell(metrics, 'log_p_x_multiple')} | "
-              f"{_cell(metrics, 'log_p_x_given_w')} |",
-              f"| JMVAE-kl, q(z\\|x) (single) | {_cell(metrics, 'log_p_x_single')} | — |"]
-    if "coherence_auc_mean" in metrics:
+              f"| VAE | {_cell(metrics, 'vae_log_px_single')} | — |",
+              f"| CVAE | — | {_cell(metrics, 'cvae_log_px_given_w')} |",
+              f"| JMVAE-kl, q(z\\|x,w) (multiple) | {_cell(metrics, 'log_px_multiple')} | "
+              f"{_cell(metrics, 'log_px_given_w')} |",
+              f"| JMVAE-kl, q(z\\|x) (single) | {_cell(metrics, 'log_px_single')} | — |"]
+    if "coherence_auc" in metrics:
         lines += ["", f"Coherence: average faces generated from each example's attributes, scored by the package's "
-                  f"attribute classifier: mean ROC AUC {metrics['coherence_auc_mean']:.3f} (the classifier on the real "
-                  f"images of the same examples: {metrics['classifier_auc_mean']:.3f})."]
+                  f"attribute classifier: mean ROC AUC {metrics['coherence_auc']:.3f} (the classifier on the real "
+                  f"images of the same examples: {metrics['attr_auc_classifier']:.3f})."]
     lines += ["", "| attribute | accuracy | ROC AUC |", "| --- | --- | --- |"]
-    lines += [f"| {n} | {metrics[f'attr_acc/{n}']:.3f} | {metrics[f'attr_auc/{n}']:.3f} |" for n in names]
+    lines += [f"| {n} | {metrics[f'attr_acc_kl/{n}']:.3f} | {metrics[f'attr_auc_kl/{n}']:.3f} |" for n in names]
     lines += [
         "", "## Figures", "",
         "Figure 1(a): the typical face (first row), then per attribute A the attribute vector `POST /generate` uses"

@@ -357,7 +357,7 @@ class Trainer:
                    "seconds": time.perf_counter() - started} | self.metrics)
         if self.config.progress:
             tqdm.write(f"epoch {self.epoch}: " + ", ".join(
-                f"{k[4:]}={v:.4g}" for k, v in self.metrics.items()
-                if k in ("val_elbo", "val_log_pxw", "val_log_px_single", "val_attr_acc_kl", "val_attr_auc_kl",
-                         "val_attr_auc_classifier", "val_attr_acc_majority")
+                f"{k}={v:.4g}" for k, v in self.metrics.items()
+                if k in ("elbo", "log_pxw", "log_px_single", "attr_acc_kl", "attr_auc_kl", "attr_auc_classifier",
+                         "attr_acc_majority")
             ))
