@@ -41,8 +41,9 @@ VARIANTS = (0.75, 1.5, 3.0, 6.0)
 def scene(rng: np.random.Generator, width: int = SCENE_SIZE[0], height: int = SCENE_SIZE[1]) -> Image.Image:
     """A cluttered background without faces: gradients, noise at three scales, shapes and lines, a little blur."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([rng.uniform(60, 200) + rng.uniform(-0.1, 0.1) * xx + rng.uniform(-0.1, 0.1) * yy
-                     for _ in range(3)], axis=-1)
+    base = np.stack(
+        [rng.uniform(60, 200) + rng.uniform(-0.1, 0.1) * xx + rng.uniform(-0.1, 0.1) * yy for _ in range(3)], axis=-1
+    )
     for cell in (4, 16, 64):
         noise = rng.normal(0, 1, (height // cell + 2, width // cell + 2, 3)).astype(np.float32)
         base += cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC) * rng.uniform(5, 25)
@@ -65,8 +66,9 @@ def scene(rng: np.random.Generator, width: int = SCENE_SIZE[0], height: int = SC
     return image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.5))))
 
 
-def paste(face: Image.Image, rng: np.random.Generator, factor: float | None = None,
-          size: tuple[int, int] = SCENE_SIZE) -> tuple[Image.Image, float, tuple[int, int]]:
+def paste(
+    face: Image.Image, rng: np.random.Generator, factor: float | None = None, size: tuple[int, int] = SCENE_SIZE
+) -> tuple[Image.Image, float, tuple[int, int]]:
     """`face` enlarged by `factor` (default: random x2 to x4) at a random place in a new scene; with where."""
     factor = float(rng.uniform(2, 4)) if factor is None else factor
     enlarged = face.resize((round(face.width * factor), round(face.height * factor)), Image.Resampling.LANCZOS)
@@ -78,8 +80,12 @@ def paste(face: Image.Image, rng: np.random.Generator, factor: float | None = No
 
 def moved(box: CropBox, factor: float, at: tuple[float, float] = (0.0, 0.0)) -> CropBox:
     """A box of the original image where it lands after scaling by `factor` and pasting at `at`."""
-    return CropBox(left=at[0] + box.left * factor, top=at[1] + box.top * factor, width=box.width * factor,
-                   height=box.height * factor)
+    return CropBox(
+        left=at[0] + box.left * factor,
+        top=at[1] + box.top * factor,
+        width=box.width * factor,
+        height=box.height * factor,
+    )
 
 
 def val_faces(root: Path) -> tuple[list[Path], np.ndarray]:
@@ -99,9 +105,12 @@ def recall_and_framing(cropper: FaceCropper, root: Path) -> dict[str, Any]:
         if crop.detected and (image.width, image.height) == (178, 218):
             boxes.append([crop.box.left, crop.box.top, crop.box.width])
     grown = np.array(boxes)
-    return {"images": len(paths), "detected": len(grown) / len(paths),
-            "median_box": dict(zip(("left", "top", "side"), np.median(grown, axis=0).round(2).tolist())),
-            "side_p10_p90": np.percentile(grown[:, 2], [10, 90]).round(1).tolist()}
+    return {
+        "images": len(paths),
+        "detected": len(grown) / len(paths),
+        "median_box": dict(zip(("left", "top", "side"), np.median(grown, axis=0).round(2).tolist())),
+        "side_p10_p90": np.percentile(grown[:, 2], [10, 90]).round(1).tolist(),
+    }
 
 
 def scenes_and_jitter(cropper: FaceCropper, faces: list[Path], seed: int) -> dict[str, Any]:
@@ -126,15 +135,23 @@ def scenes_and_jitter(cropper: FaceCropper, faces: list[Path], seed: int) -> dic
         base = cropper.crop(face)
         if not base.detected:
             continue
-        copies = [(cropper.crop(face.resize((round(face.width * k), round(face.height * k)),
-                                            Image.Resampling.LANCZOS)), k, (0.0, 0.0)) for k in VARIANTS]
+        copies = [
+            (
+                cropper.crop(face.resize((round(face.width * k), round(face.height * k)), Image.Resampling.LANCZOS)),
+                k,
+                (0.0, 0.0),
+            )
+            for k in VARIANTS
+        ]
         for other, k, offset in [*copies, (crop, factor, at)]:
             if not other.detected:
                 continue
             expected = moved(base.faces[0].box, k, offset)
             found = other.faces[0].box
-            centre = np.hypot(found.left + found.width / 2 - expected.left - expected.width / 2,
-                              found.top + found.height / 2 - expected.top - expected.height / 2)
+            centre = np.hypot(
+                found.left + found.width / 2 - expected.left - expected.width / 2,
+                found.top + found.height / 2 - expected.top - expected.height / 2,
+            )
             shifts.append(centre / expected.width)
             sides.append(found.width / expected.width)
     n = len(faces)
@@ -142,10 +159,14 @@ def scenes_and_jitter(cropper: FaceCropper, faces: list[Path], seed: int) -> dic
     return {
         "scenes": {k: v / n for k, v in outcome.items()} | {"faces": n},
         # Confidence percentiles 0, 1, 5, 50, 100 of the faces found, true (IoU >= 0.5) and false.
-        "confidence": {k: np.percentile(v, [0, 1, 5, 50, 100]).round(3).tolist() if v else []
-                       for k, v in confidences.items()},
-        "jitter": {"copies": len(shifts), "centre_shift_p50_p95_max": np.percentile(shifts, [50, 95, 100]).round(4).tolist(),
-                   "side_ratio_log_p50_p95_max": np.percentile(log_sides, [50, 95, 100]).round(4).tolist()},
+        "confidence": {
+            k: np.percentile(v, [0, 1, 5, 50, 100]).round(3).tolist() if v else [] for k, v in confidences.items()
+        },
+        "jitter": {
+            "copies": len(shifts),
+            "centre_shift_p50_p95_max": np.percentile(shifts, [50, 95, 100]).round(4).tolist(),
+            "side_ratio_log_p50_p95_max": np.percentile(log_sides, [50, 95, 100]).round(4).tolist(),
+        },
     }
 
 
@@ -156,8 +177,11 @@ def _legacy_find(cascade: cv2.CascadeClassifier, image: Image.Image) -> None:
     if longest > 640:
         reduced = image.reduce(longest // 640)
         factor = 640 / longest
-        grey = cv2.resize(cv2.cvtColor(np.asarray(reduced), cv2.COLOR_RGB2GRAY),
-                          (max(1, round(width * factor)), max(1, round(height * factor))), interpolation=cv2.INTER_AREA)
+        grey = cv2.resize(
+            cv2.cvtColor(np.asarray(reduced), cv2.COLOR_RGB2GRAY),
+            (max(1, round(width * factor)), max(1, round(height * factor))),
+            interpolation=cv2.INTER_AREA,
+        )
     else:
         grey = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
     cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(40, 40))
@@ -176,8 +200,10 @@ def cost(cropper: FaceCropper, face_path: Path, seed: int, repeats: int = 10) ->
         cv2.setNumThreads(threads)
         for name, photo in photos.items():
             row: dict[str, Any] = {"photo": name, "opencv_threads": threads}
-            for label, run in (("before_ms", lambda: _legacy_find(legacy, photo)),
-                               ("after_ms", lambda: cropper.detect(photo))):
+            for label, run in (
+                ("before_ms", lambda photo=photo: _legacy_find(legacy, photo)),
+                ("after_ms", lambda photo=photo: cropper.detect(photo)),
+            ):
                 row[label] = round(_cpu_ms(run, repeats), 2)
             rows.append(row)
     return rows
@@ -196,8 +222,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="a CelebA root in its native layout")
     parser.add_argument("--faces", type=int, default=300, help="val faces for the scenes and the jitter")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cascade", default=FaceDetection().cascade, choices=sorted(FRONTAL_CASCADES),
-                        help="the cascade to measure (the others are what the default was chosen against)")
+    parser.add_argument(
+        "--cascade",
+        default=FaceDetection().cascade,
+        choices=sorted(FRONTAL_CASCADES),
+        help="the cascade to measure (the others are what the default was chosen against)",
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["recall", "scenes", "cost"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -205,7 +235,7 @@ def main() -> None:
     if args.cascade != FaceDetection().cascade:  # min_confidence is on the default cascade's scale: none for others
         detection = detection.model_copy(update={"min_confidence": -1e9})
     cropper = FaceCropper(Preprocessing(detection=detection))
-    faces = val_faces(args.data)[0][:args.faces]
+    faces = val_faces(args.data)[0][: args.faces]
     results: dict[str, Any] = {"detection": cropper.detection.model_dump()}
     if "recall" not in args.skip:
         results["recall"] = recall_and_framing(cropper, args.data)

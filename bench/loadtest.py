@@ -44,8 +44,10 @@ def request_mix(image: bytes) -> list[Kind]:
     """Every endpoint; /edit and /generate both as JSON and as PNG."""
     png = {"headers": {"Accept": "image/png"}}
     posts = [("/attributes", {}), ("/edit", {}), ("/edit", png), ("/generate", {}), ("/generate", png)]
-    kinds = [Kind(f"POST {path}{' (png)' if extra else ''}", "POST", path, request_kwargs(path, image) | extra)
-             for path, extra in posts]
+    kinds = [
+        Kind(f"POST {path}{' (png)' if extra else ''}", "POST", path, request_kwargs(path, image) | extra)
+        for path, extra in posts
+    ]
     return kinds + [Kind(f"GET {path}", "GET", path, {}) for path in ("/model", "/healthz", "/readyz", "/metrics")]
 
 
@@ -67,10 +69,16 @@ class Tally:
 
     def summary(self, seconds: float) -> dict[str, Any]:
         ms = np.array(self.latencies_ms)
-        return {"requests": self.requests, "ok": self.ok, "shed": self.shed, "errors": self.errors,
-                "outcomes": dict(sorted(self.outcomes.items())), "requests_per_s": self.measured / seconds,
-                "p50_ms": float(np.percentile(ms, 50)) if ms.size else None,
-                "p99_ms": float(np.percentile(ms, 99)) if ms.size else None}
+        return {
+            "requests": self.requests,
+            "ok": self.ok,
+            "shed": self.shed,
+            "errors": self.errors,
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "requests_per_s": self.measured / seconds,
+            "p50_ms": float(np.percentile(ms, 50)) if ms.size else None,
+            "p99_ms": float(np.percentile(ms, 99)) if ms.size else None,
+        }
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -101,14 +109,29 @@ def memory_trend(samples: list[tuple[float, float]]) -> dict[str, Any]:
     t, mb = np.array(samples).T
     third = max(1, len(mb) // 3)
     slope = float(np.polyfit(t / 60, mb, 1)[0]) if len(mb) > 1 and np.ptp(t) > 0 else 0.0
-    return {"samples": len(mb), "first_mb": float(mb[0]), "last_mb": float(mb[-1]), "max_mb": float(mb.max()),
-            "slope_mb_per_min": slope, "growth_mb": float(np.median(mb[-third:]) - np.median(mb[:third])),
-            "series": [[round(float(s), 1), round(float(m), 1)] for s, m in samples]}
+    return {
+        "samples": len(mb),
+        "first_mb": float(mb[0]),
+        "last_mb": float(mb[-1]),
+        "max_mb": float(mb.max()),
+        "slope_mb_per_min": slope,
+        "growth_mb": float(np.median(mb[-third:]) - np.median(mb[:third])),
+        "series": [[round(float(s), 1), round(float(m), 1)] for s, m in samples],
+    }
 
 
-async def run_load(url: str, image: bytes, clients: int, seconds: float, *, warmup_s: float = 0.0,
-                   pid: int | None = None, sample_every_s: float = 5.0, overload: bool = False,
-                   timeout_s: float = 60.0) -> dict[str, Any]:
+async def run_load(
+    url: str,
+    image: bytes,
+    clients: int,
+    seconds: float,
+    *,
+    warmup_s: float = 0.0,
+    pid: int | None = None,
+    sample_every_s: float = 5.0,
+    overload: bool = False,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:
     """Drives `url` for warmup_s + seconds with `clients` concurrent clients; returns the report as a dict."""
     kinds = request_mix(image)
     tallies = {kind.name: Tally() for kind in kinds}
@@ -168,7 +191,11 @@ async def run_load(url: str, image: bytes, clients: int, seconds: float, *, warm
     for tally in tallies.values():
         total.add(tally)
     return {
-        "url": url, "clients": clients, "seconds": measured_s, "warmup_s": warmup_s, "overload": overload,
+        "url": url,
+        "clients": clients,
+        "seconds": measured_s,
+        "warmup_s": warmup_s,
+        "overload": overload,
         "total": total.summary(measured_s),
         "endpoints": {name: tally.summary(measured_s) for name, tally in tallies.items()},
         "first_errors": errors,
@@ -180,19 +207,27 @@ def format_report(report: dict[str, Any]) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
 
-    lines = [f"{report['clients']} clients, {report['seconds']:.0f} s measured after {report['warmup_s']:.0f} s "
-             f"warm-up{', overload run' if report['overload'] else ''}: {report['url']}", "",
-             f"{'endpoint':22s} {'requests':>8s} {'errors':>6s} {'shed':>6s} {'req/s':>8s} {'p50 ms':>8s} "
-             f"{'p99 ms':>8s}  outcomes"]
+    lines = [
+        f"{report['clients']} clients, {report['seconds']:.0f} s measured after {report['warmup_s']:.0f} s "
+        f"warm-up{', overload run' if report['overload'] else ''}: {report['url']}",
+        "",
+        f"{'endpoint':22s} {'requests':>8s} {'errors':>6s} {'shed':>6s} {'req/s':>8s} {'p50 ms':>8s} "
+        f"{'p99 ms':>8s}  outcomes",
+    ]
     for name, row in [*report["endpoints"].items(), ("total", report["total"])]:
         outcomes = " ".join(f"{k}×{v}" for k, v in row["outcomes"].items())
-        lines.append(f"{name:22s} {row['requests']:8d} {row['errors']:6d} {row['shed']:6d} "
-                     f"{row['requests_per_s']:8.1f} {ms(row['p50_ms']):>8s} {ms(row['p99_ms']):>8s}  {outcomes}")
+        lines.append(
+            f"{name:22s} {row['requests']:8d} {row['errors']:6d} {row['shed']:6d} "
+            f"{row['requests_per_s']:8.1f} {ms(row['p50_ms']):>8s} {ms(row['p99_ms']):>8s}  {outcomes}"
+        )
     memory = report["memory"]
     if memory is not None:
-        lines += ["", f"server RSS (all processes, {memory['samples']} samples): first {memory['first_mb']:.1f} MB, "
-                  f"last {memory['last_mb']:.1f} MB, max {memory['max_mb']:.1f} MB, slope "
-                  f"{memory['slope_mb_per_min']:+.2f} MB/min, last third − first third {memory['growth_mb']:+.1f} MB"]
+        lines += [
+            "",
+            f"server RSS (all processes, {memory['samples']} samples): first {memory['first_mb']:.1f} MB, "
+            f"last {memory['last_mb']:.1f} MB, max {memory['max_mb']:.1f} MB, slope "
+            f"{memory['slope_mb_per_min']:+.2f} MB/min, last third − first third {memory['growth_mb']:+.1f} MB",
+        ]
     lines += [f"error: {e}" for e in report["first_errors"]]
     return "\n".join(lines)
 
@@ -203,19 +238,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, required=True, help="a face photo (JPEG) for /attributes and /edit")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=300.0, help="measured time, after the warm-up")
-    parser.add_argument("--warmup", type=float, help="seconds before measuring (default: a tenth of --seconds, "
-                        "at most 30)")
+    parser.add_argument(
+        "--warmup", type=float, help="seconds before measuring (default: a tenth of --seconds, at most 30)"
+    )
     parser.add_argument("--pid", type=int, help="the server's (parent) process id, to sample its memory")
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between memory samples")
-    parser.add_argument("--overload", action="store_true",
-                        help="the load is meant to exceed capacity: 503 with Retry-After is shed load, not an error")
+    parser.add_argument(
+        "--overload",
+        action="store_true",
+        help="the load is meant to exceed capacity: 503 with Retry-After is shed load, not an error",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
     parser.add_argument("--json", action="store_true", help="print the report as JSON too")
     args = parser.parse_args(argv)
     warmup = args.warmup if args.warmup is not None else min(30.0, args.seconds / 10)
-    report = asyncio.run(run_load(args.url, args.image.read_bytes(), args.clients, args.seconds, warmup_s=warmup,
-                                  pid=args.pid, sample_every_s=args.sample_every, overload=args.overload,
-                                  timeout_s=args.timeout))
+    report = asyncio.run(
+        run_load(
+            args.url,
+            args.image.read_bytes(),
+            args.clients,
+            args.seconds,
+            warmup_s=warmup,
+            pid=args.pid,
+            sample_every_s=args.sample_every,
+            overload=args.overload,
+            timeout_s=args.timeout,
+        )
+    )
     print(format_report(report), flush=True)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
+from gpu_sampler import GpuUtilisation
 from multivae.data.datasets.base import MultimodalBaseDataset
 from multivae.models import JMVAE, JMVAEConfig
 from multivae.models.nn import BaseJointEncoder
@@ -35,7 +36,6 @@ from pythae.models.base.base_utils import ModelOutput
 from pythae.models.nn.base_architectures import BaseDecoder, BaseEncoder
 from torch import nn
 
-from gpu_sampler import GpuUtilisation
 from jmvae.model.config import ModelConfig
 from jmvae.model.jmvae import JMVAE as OurJMVAE
 
@@ -86,11 +86,14 @@ def build(config: ModelConfig, alpha: float, warmup: int, seed: int) -> tuple[JM
     ours = OurJMVAE(config)
     size = config.image_size
     mv_config = JMVAEConfig(
-        n_modalities=2, latent_dim=config.latent_dim,
+        n_modalities=2,
+        latent_dim=config.latent_dim,
         input_dims={IMAGE: (3, size, size), ATTRIBUTES: (config.n_attributes,)},
         decoders_dist={IMAGE: "normal", ATTRIBUTES: "bernoulli"},
         decoder_dist_params={IMAGE: {"scale": config.image_sigma}},  # our fixed-σ Gaussian p(x|z)
-        alpha=alpha, warmup=warmup, beta=1.0,
+        alpha=alpha,
+        warmup=warmup,
+        beta=1.0,
     )
     model = JMVAE(
         mv_config,
@@ -104,27 +107,41 @@ def build(config: ModelConfig, alpha: float, warmup: int, seed: int) -> tuple[JM
 def load_split(data: Path, split: str) -> MultimodalBaseDataset:
     images = torch.from_numpy(np.load(data / f"{split}_images.npy"))
     attributes = torch.from_numpy(np.load(data / f"{split}_attributes.npy"))
-    return MultimodalBaseDataset({
-        IMAGE: images.permute(0, 3, 1, 2).float().div(255.0).contiguous(),  # (N, S, S, 3) uint8 → [0, 1]
-        ATTRIBUTES: (attributes > 0).float(),
-    })
+    return MultimodalBaseDataset(
+        {
+            IMAGE: images.permute(0, 3, 1, 2).float().div(255.0).contiguous(),  # (N, S, S, 3) uint8 → [0, 1]
+            ATTRIBUTES: (attributes > 0).float(),
+        }
+    )
 
 
 class Worker:
     def __init__(self, args: argparse.Namespace, output_dir: str) -> None:
         self.device, self.data = args.device, args.data
-        self.model, self.ours = build(ModelConfig.model_validate_json(args.model_config), args.alpha, args.warmup,
-                                      args.seed)
+        self.model, self.ours = build(
+            ModelConfig.model_validate_json(args.model_config), args.alpha, args.warmup, args.seed
+        )
         start = time.perf_counter()
-        self.trainer = BaseTrainer(self.model, load_split(args.data, "train"), training_config=BaseTrainerConfig(
-            output_dir=output_dir, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-            num_epochs=10**6, seed=args.seed, no_cuda=args.device == "cpu",
-            drop_last=True,  # as our trainer: every step a full batch
-        ))
+        self.trainer = BaseTrainer(
+            self.model,
+            load_split(args.data, "train"),
+            training_config=BaseTrainerConfig(
+                output_dir=output_dir,
+                per_device_train_batch_size=args.batch_size,
+                learning_rate=args.lr,
+                num_epochs=10**6,
+                seed=args.seed,
+                no_cuda=args.device == "cpu",
+                drop_last=True,  # as our trainer: every step a full batch
+            ),
+        )
         self.epoch = 0
-        self.info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                     "images_per_epoch": len(self.trainer.train_loader) * args.batch_size,
-                     "setup_seconds": time.perf_counter() - start}
+        self.info = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "images_per_epoch": len(self.trainer.train_loader) * args.batch_size,
+            "setup_seconds": time.perf_counter() - start,
+        }
 
     def train_epoch(self) -> dict[str, Any]:
         self.epoch += 1

@@ -34,11 +34,11 @@ import numpy as np
 from PIL import Image
 
 from bench.faces import moved, paste, val_faces
+from bench.processes import free_port, server_process
 from bench.serving import Endpoints
+from bench.throughput import drive
 from jmvae.model.checkpoint import read_checkpoint
 from jmvae.model.preprocess import CropBox, Preprocessing
-from bench.processes import free_port, server_process
-from bench.throughput import drive
 from jmvae.service.engine import DEFAULT_CHECKPOINT
 from jmvae.training.data import CELEBA_ATTRIBUTES
 from jmvae.training.evaluate import roc_auc
@@ -56,6 +56,7 @@ def _encode(image: Image.Image, kind: str, quality: int = 95) -> bytes:
 async def _answers(url: str, uploads: list[tuple[bytes, str]], concurrency: int = 4) -> list[dict[str, Any]]:
     semaphore = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
         async def one(data: bytes, media: str) -> dict[str, Any]:
             async with semaphore:
                 response = await client.post("/attributes", files={"image": ("photo", data, media)})
@@ -65,15 +66,19 @@ async def _answers(url: str, uploads: list[tuple[bytes, str]], concurrency: int 
         return list(await asyncio.gather(*(one(data, media) for data, media in uploads)))
 
 
-def accuracy(url: str, paths: list[Path], labels: np.ndarray, names: list[str], prevalence: dict[str, float]
-             ) -> dict[str, float]:
+def accuracy(
+    url: str, paths: list[Path], labels: np.ndarray, names: list[str], prevalence: dict[str, float]
+) -> dict[str, float]:
     answers = asyncio.run(_answers(url, [(p.read_bytes(), "image/jpeg") for p in paths]))
     scores = np.array([[a["probabilities"][n] for n in names] for a in answers])
     majority = np.array([prevalence[n] >= 0.5 for n in names])
-    return {"faces": len(paths), "auc_mean": float(np.nanmean(roc_auc(scores, labels))),
-            "accuracy_mean": float(((scores >= 0.5) == labels).mean()),
-            "majority_accuracy_mean": float((majority[None, :] == labels).mean()),
-            "faces_detected": float(np.mean([a["face_detected"] for a in answers]))}
+    return {
+        "faces": len(paths),
+        "auc_mean": float(np.nanmean(roc_auc(scores, labels))),
+        "accuracy_mean": float(((scores >= 0.5) == labels).mean()),
+        "majority_accuracy_mean": float((majority[None, :] == labels).mean()),
+        "faces_detected": float(np.mean([a["face_detected"] for a in answers])),
+    }
 
 
 def stability_and_scenes(url: str, paths: list[Path], names: list[str], seed: int) -> dict[str, Any]:
@@ -96,7 +101,7 @@ def stability_and_scenes(url: str, paths: list[Path], names: list[str], seed: in
     per_face = len(SCALES) + 3
     ranges, outcome = [], {"face": 0, "wrong": 0, "none": 0}
     for i, truth in enumerate(truths):
-        group = answers[i * per_face:(i + 1) * per_face]
+        group = answers[i * per_face : (i + 1) * per_face]
         p = np.array([[a["probabilities"][n] for n in names] for a in group[:-1]])
         ranges.append(p.max(axis=0) - p.min(axis=0))
         scene = group[-1]
@@ -104,24 +109,32 @@ def stability_and_scenes(url: str, paths: list[Path], names: list[str], seed: in
             outcome["none"] += 1
         else:
             # The face box; a service before face_box existed answers with its crop, the face grown x1.3.
-            found = (CropBox.model_validate(scene["face_box"]) if "face_box" in scene
-                     else CropBox.model_validate(scene["box"]).scaled(1 / 1.3))
+            found = (
+                CropBox.model_validate(scene["face_box"])
+                if "face_box" in scene
+                else CropBox.model_validate(scene["box"]).scaled(1 / 1.3)
+            )
             outcome["face" if found.iou(truth) >= 0.5 else "wrong"] += 1
     spread = np.array(ranges)
     male = names.index("Male")
     return {
-        "stability": {"faces": len(paths), "copies": ["x1 (file)", *(f"x{k:g}" for k in SCALES), "x3 in a scene"],
-                      "range_mean": float(spread.mean()), "range_male_mean": float(spread[:, male].mean()),
-                      "range_p95": float(np.percentile(spread, 95)),
-                      "worst_attributes": sorted(((float(v), n) for n, v in zip(names, spread.mean(axis=0))),
-                                                 reverse=True)[:5]},
+        "stability": {
+            "faces": len(paths),
+            "copies": ["x1 (file)", *(f"x{k:g}" for k in SCALES), "x3 in a scene"],
+            "range_mean": float(spread.mean()),
+            "range_male_mean": float(spread[:, male].mean()),
+            "range_p95": float(np.percentile(spread, 95)),
+            "worst_attributes": sorted(((float(v), n) for n, v in zip(names, spread.mean(axis=0))), reverse=True)[:5],
+        },
         "scenes": {k: v / len(truths) for k, v in outcome.items()} | {"faces": len(truths)},
     }
 
 
 # The command's module moved from jmvae.training.cli to jmvae.cli; a checkout from before has only the first.
-SERVE = ("import importlib.util, runpy; runpy.run_module('jmvae.cli' if importlib.util.find_spec('jmvae.cli') "
-         "else 'jmvae.training.cli', run_name='__main__')")
+SERVE = (
+    "import importlib.util, runpy; runpy.run_module('jmvae.cli' if importlib.util.find_spec('jmvae.cli') "
+    "else 'jmvae.training.cli', run_name='__main__')"
+)
 
 
 @contextmanager
@@ -135,8 +148,9 @@ def serving(python: str, checkpoint: Path | None) -> Iterator[tuple[str, Any]]:
         yield url, process
 
 
-def throughput(python: str, checkpoint: Path | None, paths: list[Path], before: str | None, seconds: float,
-               seed: int) -> dict[str, Any]:
+def throughput(
+    python: str, checkpoint: Path | None, paths: list[Path], before: str | None, seconds: float, seed: int
+) -> dict[str, Any]:
     with Image.open(paths[0]) as opened:
         photo = paste(opened.convert("RGB"), np.random.default_rng(seed), factor=2.75, size=(2000, 1500))[0]
     upload = {"files": {"image": ("photo.jpg", _encode(photo, "JPEG", 90), "image/jpeg")}}
@@ -157,8 +171,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="a CelebA root in its native layout")
     parser.add_argument("--checkpoint", type=Path, help="default: the packaged model")
     parser.add_argument("--faces", type=int, default=200, help="val faces for stability and scenes")
-    parser.add_argument("--python", default=sys.executable, help="the python whose `jmvae serve` is measured "
-                        "(another checkout's venv measures that checkout); default: this one")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the python whose `jmvae serve` is measured "
+        "(another checkout's venv measures that checkout); default: this one",
+    )
     parser.add_argument("--before", help="python of another checkout's venv, for the throughput before a change")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -174,7 +192,7 @@ def main() -> None:
             if "accuracy" not in args.skip:
                 results["accuracy"] = accuracy(url, paths, labels, names, meta.data["attribute_prevalence"])
             if "stability" not in args.skip:
-                results |= stability_and_scenes(url, paths[:args.faces], names, args.seed)
+                results |= stability_and_scenes(url, paths[: args.faces], names, args.seed)
     if "throughput" not in args.skip:
         results["throughput"] = throughput(args.python, args.checkpoint, paths, args.before, args.seconds, args.seed)
     print(json.dumps(results, indent=None if args.json else 2))

@@ -33,9 +33,15 @@ class Served:
 
 
 @contextmanager
-def server_process(cmd: list[str], env: dict[str, str], ready_url: str, ready_in_a_row: int = 10,
-                   cwd: Path | None = None, timeout_s: float = 120, workers: int = 0
-                   ) -> Iterator[subprocess.Popen[bytes]]:
+def server_process(
+    cmd: list[str],
+    env: dict[str, str],
+    ready_url: str,
+    ready_in_a_row: int = 10,
+    cwd: Path | None = None,
+    timeout_s: float = 120,
+    workers: int = 0,
+) -> Iterator[subprocess.Popen[bytes]]:
     """Runs `cmd` (any HTTP server) until `ready_url` has answered 200 `ready_in_a_row` times in a row, each on a
     fresh connection, and, with `workers`, until that many distinct `worker` ids have said so (a worker still
     warming up may leave every connection to a ready one); yields the process, and on exit terminates it and
@@ -43,8 +49,9 @@ def server_process(cmd: list[str], env: dict[str, str], ready_url: str, ready_in
     # A file, not a pipe: the access log would fill an unread pipe and stall the server.
     log = tempfile.TemporaryFile()
     # Its own process group, so that worker processes a server leaves behind on exit can be ended too.
-    proc = subprocess.Popen(cmd, env=os.environ | env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=os.environ | env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + timeout_s
         ready = 0
@@ -63,8 +70,9 @@ def server_process(cmd: list[str], env: dict[str, str], ready_url: str, ready_in
             ready = ready + 1 if ok else 0
             if time.monotonic() > deadline:
                 log.seek(0)
-                raise RuntimeError(f"{ready_url} not ready in {timeout_s:.0f} s: "
-                                   f"{log.read().decode(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"{ready_url} not ready in {timeout_s:.0f} s: {log.read().decode(errors='replace')[-2000:]}"
+                )
             if not ok:
                 time.sleep(0.1)
         yield proc

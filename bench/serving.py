@@ -63,8 +63,11 @@ GENERATE_BODY = {"attributes": {"Smiling": 2, "Male": -1}, "n": 0, "seed": 1}
 # them passive.
 SERVER_ENV = {"OMP_WAIT_POLICY": "passive"}
 # Our service's batching variants, each a server of its own, measured beside the default (max 32, no wait).
-VARIANTS = {"batching off": {"JMVAE_MAX_BATCH_SIZE": "1"}, "5 ms batch wait": {"JMVAE_MAX_BATCH_WAIT_MS": "5"},
-            "h11 + asyncio": {"JMVAE_HTTP_PARSER": "h11", "JMVAE_EVENT_LOOP": "asyncio"}}
+VARIANTS = {
+    "batching off": {"JMVAE_MAX_BATCH_SIZE": "1"},
+    "5 ms batch wait": {"JMVAE_MAX_BATCH_WAIT_MS": "5"},
+    "h11 + asyncio": {"JMVAE_HTTP_PARSER": "h11", "JMVAE_EVENT_LOOP": "asyncio"},
+}
 PATHS = ("attributes", "generate")  # image → attributes, attributes → face
 SERVERS = ("jmvae", "litserve", "bentoml", "torchserve")
 BATCH_SIZES = (1, 8, 32)
@@ -141,8 +144,15 @@ def _litserve(env: dict[str, str]) -> Iterator[Endpoints]:
 @contextmanager
 def _bentoml(env: dict[str, str]) -> Iterator[Endpoints]:
     port = free_port()
-    cmd = [str(_venv("bentoml") / "bentoml"), "serve", "bench.peers.bentoml_service:Front", "--host", "127.0.0.1",
-           "--port", str(port)]
+    cmd = [
+        str(_venv("bentoml") / "bentoml"),
+        "serve",
+        "bench.peers.bentoml_service:Front",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with server_process(cmd, env, f"http://127.0.0.1:{port}/readyz", ready_in_a_row=3, cwd=ROOT) as proc:
         yield Endpoints(proc.pid, f"http://127.0.0.1:{port}")
 
@@ -160,24 +170,57 @@ def _torchserve(env: dict[str, str], max_batch_delay_ms: int | None = None) -> I
             config = yaml.safe_load((PEERS / model_config.name).read_text()) | {"maxBatchDelay": max_batch_delay_ms}
             model_config.write_text(yaml.safe_dump(config))
         for model in PATHS:  # the handler serves the path its model is named after
-            subprocess.run([str(venv / "torch-model-archiver"), "--model-name", model, "--version", "1",
-                            "--handler", str(PEERS / "torchserve_handler.py"), "--config-file", str(model_config),
-                            "--export-path", str(store), "--archive-format", "no-archive"], check=True)
+            subprocess.run(
+                [
+                    str(venv / "torch-model-archiver"),
+                    "--model-name",
+                    model,
+                    "--version",
+                    "1",
+                    "--handler",
+                    str(PEERS / "torchserve_handler.py"),
+                    "--config-file",
+                    str(model_config),
+                    "--export-path",
+                    str(store),
+                    "--archive-format",
+                    "no-archive",
+                ],
+                check=True,
+            )
         inference, management, metrics, grpc, grpc_management = (free_port() for _ in range(5))
         config = Path(tmp) / "config.properties"
-        config.write_text(f"inference_address=http://127.0.0.1:{inference}\n"
-                          f"management_address=http://127.0.0.1:{management}\n"
-                          f"metrics_address=http://127.0.0.1:{metrics}\n"
-                          f"grpc_inference_port={grpc}\ngrpc_management_port={grpc_management}\n"
-                          f"model_store={store}\nload_models={','.join(PATHS)}\n")
-        cmd = [str(venv / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
-               "--ts-config", str(config), "--model-store", str(store)]
+        config.write_text(
+            f"inference_address=http://127.0.0.1:{inference}\n"
+            f"management_address=http://127.0.0.1:{management}\n"
+            f"metrics_address=http://127.0.0.1:{metrics}\n"
+            f"grpc_inference_port={grpc}\ngrpc_management_port={grpc_management}\n"
+            f"model_store={store}\nload_models={','.join(PATHS)}\n"
+        )
+        cmd = [
+            str(venv / "torchserve"),
+            "--start",
+            "--foreground",
+            "--ncs",
+            "--disable-token-auth",
+            "--ts-config",
+            str(config),
+            "--model-store",
+            str(store),
+        ]
         # /ping answers 200 once every model has its workers up. PYTHONPATH: the handler imports bench.peers;
         # TMPDIR: where `torchserve` keeps the pid file that lets one instance run per directory.
-        with server_process(cmd, env | {"PYTHONPATH": str(ROOT), "TMPDIR": tmp}, f"http://127.0.0.1:{inference}/ping",
-                            ready_in_a_row=3, cwd=Path(tmp), timeout_s=180) as proc:
-            yield Endpoints(proc.pid, f"http://127.0.0.1:{inference}", "/predictions/attributes",
-                            "/predictions/generate")
+        with server_process(
+            cmd,
+            env | {"PYTHONPATH": str(ROOT), "TMPDIR": tmp},
+            f"http://127.0.0.1:{inference}/ping",
+            ready_in_a_row=3,
+            cwd=Path(tmp),
+            timeout_s=180,
+        ) as proc:
+            yield Endpoints(
+                proc.pid, f"http://127.0.0.1:{inference}", "/predictions/attributes", "/predictions/generate"
+            )
 
 
 def _requests(image: bytes) -> dict[str, dict[str, Any]]:
@@ -193,8 +236,12 @@ def _check_answers(name: str, server: Endpoints, image: bytes, expected: dict[st
             raise RuntimeError(f"{name} {path}: HTTP {response.status_code}: {response.text[:500]}")
     a, b = got["attributes"].json(), expected["attributes"]
     probabilities = np.array([a["probabilities"][k] for k in b["probabilities"]])
-    if set(a) != set(b) or not np.allclose(probabilities, list(b["probabilities"].values()), atol=1e-4) \
-            or a["box"] != b["box"] or a["present"] != b["present"]:
+    if (
+        set(a) != set(b)
+        or not np.allclose(probabilities, list(b["probabilities"].values()), atol=1e-4)
+        or a["box"] != b["box"]
+        or a["present"] != b["present"]
+    ):
         raise RuntimeError(f"{name} attributes: answers differ from the pipeline's: {a}")
     g, h = got["generate"].json(), expected["generate"]
     faces = [np.asarray(Image.open(io.BytesIO(base64.b64decode(x["average_face"]))), np.int16) for x in (g, h)]
@@ -231,8 +278,15 @@ def _ceiling_here(pipeline: Pipeline, image: bytes, seconds: float) -> list[dict
                 step(batch)
                 done += batch
             rate = done / (time.perf_counter() - started)
-            rows.append({"path": path, "batch": batch, "items_per_s": rate, "ms_per_item": 1000 / rate,
-                         "cpu_ms_per_item": (time.process_time() - cpu) / done * 1000})  # all of this process
+            rows.append(
+                {
+                    "path": path,
+                    "batch": batch,
+                    "items_per_s": rate,
+                    "ms_per_item": 1000 / rate,
+                    "cpu_ms_per_item": (time.process_time() - cpu) / done * 1000,
+                }
+            )  # all of this process
             print(f"ceiling {path:10s} batch {batch:2d}: {rate:8.1f} items/s", flush=True)
     return rows
 
@@ -264,18 +318,25 @@ def _pil_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _measure(name: str, variant: str, server: Endpoints, path: str, clients: int, request: dict[str, Any],
-             seconds: float) -> dict[str, Any]:
+def _measure(
+    name: str, variant: str, server: Endpoints, path: str, clients: int, request: dict[str, Any], seconds: float
+) -> dict[str, Any]:
     result = asyncio.run(drive(server.url, getattr(server, path), request, clients, seconds, server.cpu_seconds))
-    print(f"{name:10s} {variant:18s} {path:10s} {clients:2d} clients {result['requests_per_s']:8.1f} req/s "
-          f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}  CPU ms/req "
-          f"server {result['server_cpu_ms']:.2f} client {result['client_cpu_ms']:.2f}", flush=True)
+    print(
+        f"{name:10s} {variant:18s} {path:10s} {clients:2d} clients {result['requests_per_s']:8.1f} req/s "
+        f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}  CPU ms/req "
+        f"server {result['server_cpu_ms']:.2f} client {result['client_cpu_ms']:.2f}",
+        flush=True,
+    )
     return {"server": name, "variant": variant, "path": path, "clients": clients} | result
 
 
 def _processor() -> str:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")]
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("model name")
+    ]
     return names[0] if names else platform.machine()
 
 
@@ -288,8 +349,9 @@ def _versions(servers: list[str]) -> dict[str, str]:
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     for peer in (s for s in servers if s in packages):
         code = "import importlib.metadata as m, sys; print(*(m.version(p) for p in sys.argv[1:]))"
-        out = subprocess.run([str(_venv(peer) / "python"), "-c", code, *packages[peer]], capture_output=True,
-                             text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [str(_venv(peer) / "python"), "-c", code, *packages[peer]], capture_output=True, text=True, check=True
+        ).stdout.split()
         versions |= dict(zip(packages[peer], out))
     java = subprocess.run(["java", "-version"], capture_output=True, text=True) if "torchserve" in servers else None
     if java is not None:
@@ -299,6 +361,7 @@ def _versions(servers: list[str]) -> dict[str, str]:
 
 def _table(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
     """A markdown table of `rows` (columns: header → key), floats to three significant digits or so."""
+
     def cell(v: Any) -> str:
         if v is None:
             return "-"
@@ -321,12 +384,17 @@ def _summary(rows: list[dict[str, Any]], ceiling: list[dict[str, Any]], clients:
             cell = [r for r in rows if r["path"] == path and r["clients"] == n]
             ours = next((r["requests_per_s"] for r in cell if r["server"] == "jmvae" and not r["variant"]), None)
             best = max((r for r in cell if r["server"] != "jmvae"), key=lambda r: r["requests_per_s"], default=None)
-            out.append({
-                "path": path, "clients": n, "ours": ours, "best_peer": _label(best) if best else None,
-                "best_peer_rate": best["requests_per_s"] if best else None,
-                "ours_over_best_peer": ours / best["requests_per_s"] if best and ours else None,
-                "ours_over_ceiling": ours / best_ceiling if ours else None,
-            })
+            out.append(
+                {
+                    "path": path,
+                    "clients": n,
+                    "ours": ours,
+                    "best_peer": _label(best) if best else None,
+                    "best_peer_rate": best["requests_per_s"] if best else None,
+                    "ours_over_best_peer": ours / best["requests_per_s"] if best and ours else None,
+                    "ours_over_ceiling": ours / best_ceiling if ours else None,
+                }
+            )
     return out
 
 
@@ -365,19 +433,26 @@ def main(argv: list[str] | None = None) -> int:
     env = SERVER_ENV | ({"JMVAE_CHECKPOINT": str(args.checkpoint.resolve())} if args.checkpoint else {})
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "processor": _processor(), "load_average_start": _load_average()},
-        "versions": _versions(args.servers), "image": str(args.image), "seconds": args.seconds,
-        "rounds": args.rounds, "server_env": SERVER_ENV,
+        "versions": _versions(args.servers),
+        "image": str(args.image),
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "server_env": SERVER_ENV,
     }
     print(f"{report['machine']}; {report['versions']}", flush=True)
 
     pipeline = Pipeline(Settings(checkpoint=args.checkpoint) if args.checkpoint else Settings())
-    expected = {"attributes": pipeline.attributes([pipeline.crop(image)])[0],
-                "generate": pipeline.generate([pipeline.generate_job(GENERATE_BODY)])[0]}
+    expected = {
+        "attributes": pipeline.attributes([pipeline.crop(image)])[0],
+        "generate": pipeline.generate([pipeline.generate_job(GENERATE_BODY)])[0],
+    }
     report["encoding"] = _encode_costs(pipeline)
     requests = _requests(image)
     starters: dict[str, Callable[[], AbstractContextManager[Endpoints]]] = {
-        "jmvae": lambda: _jmvae(args.checkpoint, env), "litserve": lambda: _litserve(env),
-        "bentoml": lambda: _bentoml(env), "torchserve": lambda: _torchserve(env),
+        "jmvae": lambda: _jmvae(args.checkpoint, env),
+        "litserve": lambda: _litserve(env),
+        "bentoml": lambda: _bentoml(env),
+        "torchserve": lambda: _torchserve(env),
     }
     ceiling: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -387,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         # (LitServe's workers use a fifth of a core doing nothing).
         entries = [(name, "", starters[name]) for name in args.servers]
         if "jmvae" in args.servers:
-            entries += [("jmvae", variant, lambda s=settings: _jmvae(args.checkpoint, env | s))
-                        for variant, settings in VARIANTS.items()]
+            entries += [
+                ("jmvae", variant, lambda s=settings: _jmvae(args.checkpoint, env | s))
+                for variant, settings in VARIANTS.items()
+            ]
         if "torchserve" in args.servers:  # our default's policy; LitServe's worker spins on an empty queue at 0
             entries.append(("torchserve", "no batch wait", lambda: _torchserve(env, max_batch_delay_ms=0)))
         running: dict[tuple[str, str], Endpoints] = {}
@@ -414,36 +491,82 @@ def main(argv: list[str] | None = None) -> int:
                         measure(name, variant, path, n, requests[path])
                     if path == "generate" and "jmvae" in args.servers:  # the face as one image, not JSON
                         for media in IMAGE_MEDIA_TYPES:
-                            measure("jmvae", f"Accept: {media}", path, n,
-                                    requests[path] | {"headers": {"Accept": media}})
+                            measure(
+                                "jmvae", f"Accept: {media}", path, n, requests[path] | {"headers": {"Accept": media}}
+                            )
     report["machine"]["load_average_end"] = _load_average()
     report["ceiling"] = _median_rows(ceiling, ("path", "batch"))
     report["rows"] = rows = _median_rows(rows, ("server", "variant", "path", "clients"))
     report["summary"] = _summary(rows, report["ceiling"], args.clients)
 
     machine = report["machine"]
-    print(f"\n{machine['cpus']} CPUs ({machine['processor']}), load average (1, 5, 15 min) at start "
-          f"{machine['load_average_start']}, at end {machine['load_average_end']}; {report['versions']}; "
-          f"median of {args.rounds} round(s)\n")
+    print(
+        f"\n{machine['cpus']} CPUs ({machine['processor']}), load average (1, 5, 15 min) at start "
+        f"{machine['load_average_start']}, at end {machine['load_average_end']}; {report['versions']}; "
+        f"median of {args.rounds} round(s)\n"
+    )
     print("In-process ceiling (same work, no HTTP):\n")
-    print(_table(report["ceiling"], {"path": "path", "batch": "batch", "items/s": "items_per_s",
-                                      "ms/item": "ms_per_item", "CPU ms/item": "cpu_ms_per_item"}))
+    print(
+        _table(
+            report["ceiling"],
+            {
+                "path": "path",
+                "batch": "batch",
+                "items/s": "items_per_s",
+                "ms/item": "ms_per_item",
+                "CPU ms/item": "cpu_ms_per_item",
+            },
+        )
+    )
     print("\nServers (one worker, dynamic batching max 32):\n")
-    print(_table([r | {"server": _label(r)} for r in rows if r["server"] != "jmvae" or not r["variant"]],
-                 {"server": "server", "path": "path", "clients": "clients", "req/s": "requests_per_s",
-                  "p50 ms": "p50_ms", "p99 ms": "p99_ms", "errors": "errors",
-                  "server CPU ms/req": "server_cpu_ms", "client CPU ms/req": "client_cpu_ms"}))
+    print(
+        _table(
+            [r | {"server": _label(r)} for r in rows if r["server"] != "jmvae" or not r["variant"]],
+            {
+                "server": "server",
+                "path": "path",
+                "clients": "clients",
+                "req/s": "requests_per_s",
+                "p50 ms": "p50_ms",
+                "p99 ms": "p99_ms",
+                "errors": "errors",
+                "server CPU ms/req": "server_cpu_ms",
+                "client CPU ms/req": "client_cpu_ms",
+            },
+        )
+    )
     print("\nOurs against the best peer and the ceiling (its best batch size):\n")
-    print(_table(report["summary"], {"path": "path", "clients": "clients", "ours req/s": "ours",
-                                     "best peer": "best_peer", "its req/s": "best_peer_rate",
-                                     "ours / best peer": "ours_over_best_peer",
-                                     "ours / ceiling": "ours_over_ceiling"}))
+    print(
+        _table(
+            report["summary"],
+            {
+                "path": "path",
+                "clients": "clients",
+                "ours req/s": "ours",
+                "best peer": "best_peer",
+                "its req/s": "best_peer_rate",
+                "ours / best peer": "ours_over_best_peer",
+                "ours / ceiling": "ours_over_ceiling",
+            },
+        )
+    )
     print("\nOur service, variants:\n")
     ours = sorted((r for r in rows if r["server"] == "jmvae"), key=lambda r: (r["path"], r["clients"]))
-    print(_table([r | {"variant": r["variant"] or "default (max 32, no wait), JSON"} for r in ours],
-                 {"path": "path", "clients": "clients", "variant": "variant", "req/s": "requests_per_s",
-                  "p50 ms": "p50_ms", "p99 ms": "p99_ms", "errors": "errors",
-                  "server CPU ms/req": "server_cpu_ms"}))
+    print(
+        _table(
+            [r | {"variant": r["variant"] or "default (max 32, no wait), JSON"} for r in ours],
+            {
+                "path": "path",
+                "clients": "clients",
+                "variant": "variant",
+                "req/s": "requests_per_s",
+                "p50 ms": "p50_ms",
+                "p99 ms": "p99_ms",
+                "errors": "errors",
+                "server CPU ms/req": "server_cpu_ms",
+            },
+        )
+    )
     print("\nEncoding one average face (64x64):\n")
     print(_table(report["encoding"], {"response": "response", "bytes": "bytes", "µs": "encode_us"}))
     if args.json:

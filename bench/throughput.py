@@ -37,8 +37,14 @@ def request_kwargs(endpoint: str, image: bytes) -> dict[str, Any]:
     return {"files": files}
 
 
-async def drive(url: str, path: str, request: dict[str, Any], clients: int, seconds: float,
-                server_cpu_s: Callable[[], float] | None = None) -> dict[str, float]:
+async def drive(
+    url: str,
+    path: str,
+    request: dict[str, Any],
+    clients: int,
+    seconds: float,
+    server_cpu_s: Callable[[], float] | None = None,
+) -> dict[str, float]:
     """`clients` concurrent clients, each posting `request` (httpx.post keyword arguments) to `path` as soon as
     its previous answer is in, for `seconds` after a warm-up: req/s, p50 and p99 of the 200s, other answers and
     failed connections, and the CPU time per answer of this load generator (and of the server, given its CPU
@@ -76,21 +82,26 @@ async def drive(url: str, path: str, request: dict[str, Any], clients: int, seco
         if server_cpu_s:
             result["server_cpu_ms"] = (server_cpu_s() - server) / answers * 1000
     ms = np.array(latencies) * 1000
-    return {"requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "errors": errors, "requests": len(latencies)} | result
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": errors,
+        "requests": len(latencies),
+    } | result
 
 
 def _in_process(checkpoint: Path | None, image: bytes, batch_size: int, seconds: float) -> dict[str, float]:
     """The pipeline without HTTP: images/s of decode → detect and crop → model → JSON at `batch_size`, and
     each stage's cost per image (which bounds what batching the model can gain end to end)."""
+    import torch
+
     from jmvae.model.checkpoint import load_jmvae
     from jmvae.model.device import resolve_device
     from jmvae.model.faces import FaceCropper
     from jmvae.model.preprocess import normalise
     from jmvae.service.engine import DEFAULT_CHECKPOINT
     from jmvae.service.images import decode_upload
-
-    import torch
 
     device = resolve_device("auto")
     model, meta = load_jmvae(checkpoint or DEFAULT_CHECKPOINT, device)
@@ -140,24 +151,33 @@ def main(argv: list[str] | None = None) -> int:
     def run(env: dict[str, str], cells: list[tuple[str, int]], label: str) -> None:
         with serve_subprocess(args.checkpoint, env) as served:
             for endpoint, clients in cells:
-                result = asyncio.run(drive(served.url, endpoint, request_kwargs(endpoint, image), clients,
-                                           args.seconds))
+                result = asyncio.run(
+                    drive(served.url, endpoint, request_kwargs(endpoint, image), clients, args.seconds)
+                )
                 rows.append({"endpoint": endpoint, "clients": clients, "batching": label} | result)
-                print(f"{endpoint:12s} {clients:3d} clients {label:12s} {result['requests_per_s']:8.1f} req/s "
-                      f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}",
-                      flush=True)
+                print(
+                    f"{endpoint:12s} {clients:3d} clients {label:12s} {result['requests_per_s']:8.1f} req/s "
+                    f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}",
+                    flush=True,
+                )
 
     batched = {"JMVAE_MAX_BATCH_SIZE": str(args.batch_size), "JMVAE_MAX_QUEUE": "1024"}
     run(batched, [(e, c) for e in ENDPOINTS for c in (1, 32)], f"max {args.batch_size}")
     run({"JMVAE_MAX_BATCH_SIZE": "1", "JMVAE_MAX_QUEUE": "1024"}, [(e, 32) for e in ENDPOINTS], "off (max 1)")
     pipeline = _in_process(args.checkpoint, image, args.batch_size, args.seconds)
     in_process = pipeline["images_per_s"]
-    print(f"in-process pipeline, batch {args.batch_size}: {in_process:.1f} images/s; per image: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in pipeline.items() if k.endswith("_ms")), flush=True)
+    print(
+        f"in-process pipeline, batch {args.batch_size}: {in_process:.1f} images/s; per image: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in pipeline.items() if k.endswith("_ms")),
+        flush=True,
+    )
 
     def rate(endpoint: str, batching: str) -> float:
-        return next(r["requests_per_s"] for r in rows
-                    if r["endpoint"] == endpoint and r["clients"] == 32 and r["batching"] == batching)
+        return next(
+            r["requests_per_s"]
+            for r in rows
+            if r["endpoint"] == endpoint and r["clients"] == 32 and r["batching"] == batching
+        )
 
     speedups = {e: rate(e, f"max {args.batch_size}") / rate(e, "off (max 1)") for e in ENDPOINTS}
     batched_rate = rate("/attributes", f"max {args.batch_size}")
@@ -169,11 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("\n| endpoint | clients | batching | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['endpoint']} | {r['clients']} | {r['batching']} | {r['requests_per_s']:.1f} | "
-              f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+        print(
+            f"| {r['endpoint']} | {r['clients']} | {r['batching']} | {r['requests_per_s']:.1f} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |"
+        )
     print("\nbatching speed-up at 32 clients: " + ", ".join(f"{e} {x:.2f}x" for e, x in speedups.items()))
-    print(f"/attributes over HTTP reaches {summary['http_share_of_in_process']:.0%} of the in-process pipeline "
-          f"({in_process:.1f} images/s at batch {args.batch_size})")
+    print(
+        f"/attributes over HTTP reaches {summary['http_share_of_in_process']:.0%} of the in-process pipeline "
+        f"({in_process:.1f} images/s at batch {args.batch_size})"
+    )
     if args.json:
         print(json.dumps({"rows": rows, "summary": summary}, indent=2))
     return 0

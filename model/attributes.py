@@ -34,9 +34,12 @@ class AttributePrior:
                 raise ValueError(f"pair_counts must be {n}×{n}, got shape {counts.shape}")
             # Counts one data set can have: no pair more often than either of its attributes, and no more faces with
             # i or j than there are faces. Anything else would give probabilities outside (0, 1).
-            if not (np.isfinite(counts).all() and (counts >= 0).all()
-                    and (counts <= np.minimum(present[:, None], present[None, :])).all()
-                    and (present[:, None] + present[None, :] - counts <= examples).all()):
+            if not (
+                np.isfinite(counts).all()
+                and (counts >= 0).all()
+                and (counts <= np.minimum(present[:, None], present[None, :])).all()
+                and (present[:, None] + present[None, :] - counts <= examples).all()
+            ):
                 raise ValueError("pair_counts are not the counts of one set of faces")
             given_present = (counts + 1) / (present[:, None] + 2)  # [i, j]: P(j | i present)
             given_absent = (present[None, :] - counts + 1) / (examples - present[:, None] + 2)  # P(j | i absent)

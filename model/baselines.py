@@ -28,8 +28,14 @@ class VAE(nn.Module):
         self.image_decoder = ImageDecoder(config)
         self.image_likelihood = ImageLikelihood(config)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, alpha: float = 0.0, beta: float = 1.0,
-                generator: torch.Generator | None = None) -> ObjectiveTerms:
+    def forward(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        alpha: float = 0.0,
+        beta: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> ObjectiveTerms:
         """−ELBO of log p(x), β on the KL; w and α are accepted for a common trainer interface and ignored."""
         q = self.image_encoder(x)
         log_px = self.image_likelihood(x, self.image_decoder(q.rsample(generator=generator)))
@@ -53,8 +59,14 @@ class CVAE(nn.Module):
         size = self.config.image_size
         return self.image_decoder(zw.reshape(-1, zw.shape[-1])).reshape(*lead, 3, size, size)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, alpha: float = 0.0, beta: float = 1.0,
-                generator: torch.Generator | None = None) -> ObjectiveTerms:
+    def forward(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        alpha: float = 0.0,
+        beta: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> ObjectiveTerms:
         """−ELBO of log p(x|w), β on the KL; α is accepted for a common trainer interface and ignored."""
         q = self.encoder(x, w)
         log_px = self.image_likelihood(x, self.decode_image(q.rsample(generator=generator), w))
@@ -73,8 +85,14 @@ class AttributeClassifier(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).float()
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, alpha: float = 0.0, beta: float = 1.0,
-                generator: torch.Generator | None = None) -> ObjectiveTerms:
+    def forward(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        alpha: float = 0.0,
+        beta: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> ObjectiveTerms:
         """−log p(w|x) as the loss, reported as log_pw; the other terms are zero (no latent variable)."""
         log_pw = JMVAE.attribute_log_likelihood(w, self.logits(x))
         zero = torch.zeros((), device=x.device)
@@ -85,4 +103,5 @@ Model = JMVAE | VAE | CVAE | AttributeClassifier
 
 
 def create_model(config: ModelConfig) -> Model:
-    return {"jmvae": JMVAE, "vae": VAE, "cvae": CVAE, "classifier": AttributeClassifier}[config.kind](config)
+    kinds: dict[str, type[Model]] = {"jmvae": JMVAE, "vae": VAE, "cvae": CVAE, "classifier": AttributeClassifier}
+    return kinds[config.kind](config)

@@ -32,9 +32,7 @@ class Bounds:
     log_px_given_w: torch.Tensor  # log p(x|w) = log p(x, w) − log p(w) (Eq. 4)
 
 
-def _iw_logmeanexp(
-    k: int, chunk: int, draw: Callable[[int], torch.Tensor]
-) -> torch.Tensor:
+def _iw_logmeanexp(k: int, chunk: int, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
     """log (1/k Σ_i exp(l_i)) where draw(c) returns c new log-weights, shape (c, N)."""
     total: torch.Tensor | None = None
     done = 0
@@ -90,8 +88,9 @@ def importance_weighted_bounds(
 
 
 @torch.inference_mode()
-def vae_log_px(model: VAE, x: torch.Tensor, k: int = 10, chunk: int = DEFAULT_CHUNK,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def vae_log_px(
+    model: VAE, x: torch.Tensor, k: int = 10, chunk: int = DEFAULT_CHUNK, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The VAE baseline's importance-weighted log p(x) with q(z|x), shape (N,)."""
     q = model.image_encoder(x)
 
@@ -104,8 +103,14 @@ def vae_log_px(model: VAE, x: torch.Tensor, k: int = 10, chunk: int = DEFAULT_CH
 
 
 @torch.inference_mode()
-def cvae_log_px_given_w(model: CVAE, x: torch.Tensor, w: torch.Tensor, k: int = 10, chunk: int = DEFAULT_CHUNK,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+def cvae_log_px_given_w(
+    model: CVAE,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    k: int = 10,
+    chunk: int = DEFAULT_CHUNK,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The CVAE baseline's importance-weighted log p(x|w) with q(z|x,w), shape (N,)."""
     q = model.encoder(x, w)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -30,8 +30,8 @@ from .faces import check_detection
 from .jmvae import JMVAE
 from .preprocess import Preprocessing
 
-FORMAT = "jmvae-checkpoint"
-FORMAT_VERSION = 1
+FORMAT: Final = "jmvae-checkpoint"
+FORMAT_VERSION: Final = 1
 MODEL_PREFIX = "model."
 STATE_PREFIX = "state."
 _META_KEY = "jmvae"
@@ -101,7 +101,7 @@ def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
 
 
@@ -155,8 +155,8 @@ def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
         state_json = json.loads(header.get(_STATE_META_KEY, "{}"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid training-state metadata ({_one_line(e)})") from None
-    model_state = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-    state = {k[len(STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
+    model_state = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    state = {k[len(STATE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
     return Checkpoint(meta, model_state, state, state_json)
 
 
@@ -211,8 +211,10 @@ def load_jmvae(path: Path, device: str | torch.device = "cpu") -> tuple[JMVAE, C
     if not isinstance(model, JMVAE):
         raise CheckpointError(f"{path}: holds a {meta.model.kind.upper()} baseline, not a JMVAE")
     if meta.preprocessing.crop != "detector":
-        raise CheckpointError(f"{path}: trained on the fixed crop of aligned CelebA images, but the service crops "
-                              "each photo around its detected face; retrain it (preprocessing.crop = 'detector')")
+        raise CheckpointError(
+            f"{path}: trained on the fixed crop of aligned CelebA images, but the service crops "
+            "each photo around its detected face; retrain it (preprocessing.crop = 'detector')"
+        )
     try:
         check_detection(meta.preprocessing.detection)
     except ValueError as e:

@@ -30,8 +30,9 @@ from .preprocess import ALIGNED_IMAGE_SIZE, CropBox, FaceDetection, Preprocessin
 
 # The detector this module implements; a checkpoint whose faces were found by another is refused.
 DETECTOR: Final = "opencv-haar-refined"
-FRONTAL_CASCADES: Final = frozenset({"haarcascade_frontalface_default.xml", "haarcascade_frontalface_alt.xml",
-                                     "haarcascade_frontalface_alt2.xml"})
+FRONTAL_CASCADES: Final = frozenset(
+    {"haarcascade_frontalface_default.xml", "haarcascade_frontalface_alt.xml", "haarcascade_frontalface_alt2.xml"}
+)
 # Candidates of the coarse search that are refined, most confident first: a portrait has one face, and a false
 # detection that outranks a real face in the coarse search rarely survives its refinement.
 _MAX_CANDIDATES: Final = 3
@@ -72,7 +73,7 @@ class FaceCropper:
         check_detection(preprocessing.detection)
         self.preprocessing = preprocessing
         self.detection = preprocessing.detection
-        path = Path(cv2.data.haarcascades) / self.detection.cascade
+        path = Path(cv2.data.haarcascades) / self.detection.cascade  # type: ignore[attr-defined]  # not in the stubs
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
             raise RuntimeError(f"could not load the face cascade {path}")
@@ -121,12 +122,18 @@ class FaceCropper:
             return []
         with self._lock:
             boxes, _, weights = self._cascade.detectMultiScale3(
-                grey, scaleFactor=scale_factor, minNeighbors=self.detection.min_neighbors,
-                minSize=(min_size, min_size), outputRejectLevels=True)
+                grey,
+                scaleFactor=scale_factor,
+                minNeighbors=self.detection.min_neighbors,
+                minSize=(min_size, min_size),
+                outputRejectLevels=True,
+            )
         sx, sy = width / grey.shape[1], height / grey.shape[0]
         ranked = sorted(zip(np.ravel(weights).tolist(), np.asarray(boxes).reshape(-1, 4).tolist()), reverse=True)
-        return [CropBox(left=x * sx, top=y * sy, width=w * sx, height=h * sy)
-                for _, (x, y, w, h) in ranked[:_MAX_CANDIDATES]]
+        return [
+            CropBox(left=x * sx, top=y * sy, width=w * sx, height=h * sy)
+            for _, (x, y, w, h) in ranked[:_MAX_CANDIDATES]
+        ]
 
     def _refine(self, rgb: Image.Image, candidate: CropBox) -> Face | None:
         d = self.detection
@@ -136,8 +143,13 @@ class FaceCropper:
         smallest, largest = round(d.refine_size / _REFINE_RANGE), round(d.refine_size * _REFINE_RANGE)
         with self._lock:
             boxes, _, weights = self._cascade.detectMultiScale3(
-                grey, scaleFactor=d.refine_scale_factor, minNeighbors=d.min_neighbors,
-                minSize=(smallest, smallest), maxSize=(largest, largest), outputRejectLevels=True)
+                grey,
+                scaleFactor=d.refine_scale_factor,
+                minNeighbors=d.min_neighbors,
+                minSize=(smallest, smallest),
+                maxSize=(largest, largest),
+                outputRejectLevels=True,
+            )
         if len(boxes) == 0:
             return None
         best = int(np.argmax(np.ravel(weights)))
@@ -206,4 +218,3 @@ def _distinct(faces: list[Face]) -> list[Face]:
         if all(face.box.iou(other.box) < 0.5 for other in kept):
             kept.append(face)
     return kept
-

@@ -44,16 +44,21 @@ def generated_faces(model: JMVAE, w: torch.Tensor, generator: torch.Generator | 
     return model.decode_image(torch.cat([z_attributes, z_prior]))
 
 
-def generator_terms(model: JMVAE, discriminator: Discriminator, w: torch.Tensor,
-                    generator: torch.Generator | None = None) -> AdversarialTerms:
+def generator_terms(
+    model: JMVAE, discriminator: Discriminator, w: torch.Tensor, generator: torch.Generator | None = None
+) -> AdversarialTerms:
     fakes = generated_faces(model, w, generator)
     return AdversarialTerms(F.softplus(-discriminator(fakes)).mean(), fakes)
 
 
-def discriminator_loss(discriminator: Discriminator, real: torch.Tensor, fakes: torch.Tensor
-                       ) -> tuple[torch.Tensor, dict[str, float]]:
+def discriminator_loss(
+    discriminator: Discriminator, real: torch.Tensor, fakes: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Binary cross-entropy of real vs decoded faces, the two classes weighted equally; with what D believes."""
     real_logits, fake_logits = discriminator(real), discriminator(fakes)
     loss = 0.5 * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
-    return loss, {"d_loss": float(loss.detach()), "d_real": float(torch.sigmoid(real_logits).mean().detach()),
-                  "d_fake": float(torch.sigmoid(fake_logits).mean().detach())}
+    return loss, {
+        "d_loss": float(loss.detach()),
+        "d_real": float(torch.sigmoid(real_logits).mean().detach()),
+        "d_fake": float(torch.sigmoid(fake_logits).mean().detach()),
+    }

@@ -41,8 +41,8 @@ class ObjectiveTerms:
 
     def as_floats(self) -> dict[str, float]:
         """The terms by the metric names of training/metrics.py."""
-        return {name: float(getattr(self, name).detach()) for name in
-                ("loss", "log_px", "log_pw", "kl_prior", "kl_image", "kl_attributes")} | {"elbo": float(self.elbo.detach())}
+        names = ("loss", "log_px", "log_pw", "kl_prior", "kl_image", "kl_attributes")
+        return {name: float(getattr(self, name).detach()) for name in names} | {"elbo": float(self.elbo.detach())}
 
 
 class ImageLikelihood(nn.Module):
@@ -103,18 +103,18 @@ class JMVAE(nn.Module):
             return self.q_image(x) if x is not None else self.q_attributes(w)  # type: ignore[arg-type]
         if mode == "zero":
             if x is None:
-                x = w.new_zeros(w.shape[0], 3, self.config.image_size, self.config.image_size)  # type: ignore[union-attr]
-            else:
-                w = x.new_zeros(x.shape[0], self.config.n_attributes)
-            return self.q_joint(x, w)
+                assert w is not None
+                return self.q_joint(w.new_zeros(w.shape[0], 3, self.config.image_size, self.config.image_size), w)
+            return self.q_joint(x, x.new_zeros(x.shape[0], self.config.n_attributes))
         raise ValueError(f"unknown inference mode {mode!r}; expected 'kl' or 'zero'")
 
     # Generation ------------------------------------------------------------------------------------------
     def decode_image(self, z: torch.Tensor) -> torch.Tensor:
         """Mean of p(x|z) for z of shape (..., D): (..., 3, S, S) in (0, 1)."""
         lead = z.shape[:-1]
-        return self.image_decoder(z.reshape(-1, z.shape[-1])).reshape(*lead, 3, self.config.image_size,
-                                                                      self.config.image_size)
+        return self.image_decoder(z.reshape(-1, z.shape[-1])).reshape(
+            *lead, 3, self.config.image_size, self.config.image_size
+        )
 
     def attribute_probabilities(self, x: torch.Tensor, mode: InferenceMode = "kl") -> torch.Tensor:
         """p(w_i = 1 | x) as the service answers it: p(w|z) at the mean of q(z|x) (mode "kl", or the joint encoder
@@ -125,8 +125,11 @@ class JMVAE(nn.Module):
         and adds to its ROC AUC (`jmvae eval`: attr_auc_kl 0.860, attr_auc_served 0.862 on val)."""
         n = len(x)
         zooms = torch.tensor(ATTRIBUTE_VIEW_ZOOMS, device=x.device, dtype=x.dtype).repeat_interleave(n)
-        views = reframe(x.repeat(len(ATTRIBUTE_VIEW_ZOOMS), 1, 1, 1), zooms, torch.zeros((len(zooms), 2),
-                        device=x.device, dtype=x.dtype))
+        views = reframe(
+            x.repeat(len(ATTRIBUTE_VIEW_ZOOMS), 1, 1, 1),
+            zooms,
+            torch.zeros((len(zooms), 2), device=x.device, dtype=x.dtype),
+        )
         views = torch.cat([views, views.flip(-1)])
         probabilities = torch.sigmoid(self.decode_attributes(self.infer(x=views, mode=mode).mean).float())
         return probabilities.reshape(-1, n, self.config.n_attributes).mean(0)

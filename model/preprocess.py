@@ -88,10 +88,19 @@ class FaceDetection(BaseModel):
 
     detector: str = Field("opencv-haar-refined", description="the algorithm, versioned by name")
     cascade: str = Field("haarcascade_frontalface_alt2.xml", description="an OpenCV frontal-face cascade file")
-    min_face: float = Field(0.125, gt=0, le=1, description="the smallest face searched for, as a fraction of the "
-                            "photo's shorter side: a smaller face is not the subject of a portrait")
-    search_window: int = Field(24, ge=20, description="pixels of the smallest face in the coarse search image: "
-                               "the photo is searched at the resolution this sets, whatever its size")
+    min_face: float = Field(
+        0.125,
+        gt=0,
+        le=1,
+        description="the smallest face searched for, as a fraction of the "
+        "photo's shorter side: a smaller face is not the subject of a portrait",
+    )
+    search_window: int = Field(
+        24,
+        ge=20,
+        description="pixels of the smallest face in the coarse search image: "
+        "the photo is searched at the resolution this sets, whatever its size",
+    )
     scale_factor: float = Field(1.2, gt=1, description="coarse search: pyramid step")
     min_neighbors: int = Field(3, ge=0)
     refine_size: int = Field(96, ge=24, description="each candidate is searched again with its face at this size")
@@ -99,8 +108,9 @@ class FaceDetection(BaseModel):
     # Below the weakest true face that bench/faces.py finds in its scenes (55.2), so that it drops only candidates
     # weaker than any face seen on the subset. Level weights are on each cascade's own scale.
     min_confidence: float = Field(54.75, description="the refined detection's level weight must reach this")
-    box_scale: float = Field(1.3, gt=0, description="the face box is grown by this about its centre (the "
-                             "paper's framing)")
+    box_scale: float = Field(
+        1.3, gt=0, description="the face box is grown by this about its centre (the paper's framing)"
+    )
 
 
 class Preprocessing(BaseModel):
@@ -110,8 +120,10 @@ class Preprocessing(BaseModel):
 
     image_size: int = Field(default=64, ge=1)
     crop: Literal["detector", "aligned"] = Field(
-        "detector", description="detector: around each photo's own face detection, as the service crops uploads; "
-        "aligned: the fixed `aligned_box` of an aligned CelebA image")
+        "detector",
+        description="detector: around each photo's own face detection, as the service crops uploads; "
+        "aligned: the fixed `aligned_box` of an aligned CelebA image",
+    )
     detection: FaceDetection = FaceDetection()
     aligned_box: CropBox = CELEBA_ALIGNED_BOX  # in img_align_celeba's 178x218 pixel coordinates
     normalisation: Literal["unit"] = "unit"  # pixels / 255 -> [0, 1]

@@ -43,8 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _lifespan(settings: Settings, metrics: ServiceMetrics
-              ) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]:
+def _lifespan(
+    settings: Settings, metrics: ServiceMetrics
+) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         engine = Engine.load(settings, metrics)  # a bad checkpoint stops the start here

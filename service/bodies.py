@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
@@ -62,7 +62,11 @@ def _invalid(field: str, message: str) -> RequestValidationError:
 
 
 async def read_form(
-    request: Request, file: str, fields: tuple[str, ...], max_bytes: int, max_field_bytes: int,
+    request: Request,
+    file: str,
+    fields: tuple[str, ...],
+    max_bytes: int,
+    max_field_bytes: int,
     optional: tuple[str, ...] = (),
 ) -> tuple[bytes, dict[str, str]]:
     """The one file part and the text fields of a multipart/form-data body: exactly one part per name in `file` and
@@ -74,12 +78,20 @@ async def read_form(
     names = (file, *fields)
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "multipart/form-data":
-        raise _invalid("body", f"send multipart/form-data with the parts {', '.join(names)}, "
-                               f"not {media_type or 'a body without a content type'}")
+        raise _invalid(
+            "body",
+            f"send multipart/form-data with the parts {', '.join(names)}, "
+            f"not {media_type or 'a body without a content type'}",
+        )
     try:
         async with aclosing(request.stream()) as stream:
-            parser = MultiPartParser(request.headers, stream, max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS,
-                                     max_part_size=max_field_bytes)
+            parser = MultiPartParser(
+                request.headers,
+                stream,
+                max_files=MAX_FORM_PARTS,
+                max_fields=MAX_FORM_PARTS,
+                max_part_size=max_field_bytes,
+            )
             # Read for each file part's SpooledTemporaryFile as the size past which it moves to disk.
             parser.spool_max_size = max_bytes
             form = await parser.parse()
@@ -88,17 +100,7 @@ async def read_form(
     except ClientDisconnect:  # nobody hears the answer, but it is the client's doing: not a server error
         raise _invalid("body", "the client disconnected before sending the whole body") from None
     try:
-        for name in names:  # first: a misnamed part is best reported as the missing one
-            count = len(form.getlist(name))
-            if count != 1:
-                raise _invalid(name, "Field required" if count == 0 else f"send exactly one {name!r} part, not {count}")
-        for name in optional:
-            count = len(form.getlist(name))
-            if count > 1:
-                raise _invalid(name, f"send at most one {name!r} part, not {count}")
-        unexpected = sorted(set(form) - set(names) - set(optional))
-        if unexpected:
-            raise _invalid(unexpected[0], f"unexpected part; send only {', '.join((*names, *optional))}")
+        _check_parts(form, names, optional)
         upload = form[file]
         if not isinstance(upload, UploadFile):
             raise _invalid(file, "must be a file part (one with a filename), not a text field")
@@ -111,3 +113,17 @@ async def read_form(
         return await upload.read(), texts
     finally:
         await form.close()
+
+
+def _check_parts(form: FormData, names: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    for name in names:  # first: a misnamed part is best reported as the missing one
+        count = len(form.getlist(name))
+        if count != 1:
+            raise _invalid(name, "Field required" if count == 0 else f"send exactly one {name!r} part, not {count}")
+    for name in optional:
+        count = len(form.getlist(name))
+        if count > 1:
+            raise _invalid(name, f"send at most one {name!r} part, not {count}")
+    unexpected = sorted(set(form) - set(names) - set(optional))
+    if unexpected:
+        raise _invalid(unexpected[0], f"unexpected part; send only {', '.join((*names, *optional))}")

@@ -53,10 +53,16 @@ def serve(checkpoint: Path | None, host: str, port: int, workers: int) -> int:
         return 1
     # Workers are separate processes that build their app from the environment.
     os.environ["JMVAE_CHECKPOINT"] = str(path.resolve())
-    options: dict[str, Any] = {"factory": True, "host": host, "port": port, "timeout_graceful_shutdown": GRACE_S,
-                               "timeout_keep_alive": KEEP_ALIVE_S, "http": settings.http_parser,
-                               "loop": settings.event_loop,
-                               "log_config": log_config(settings.log_level, settings.log_format)}
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "timeout_graceful_shutdown": GRACE_S,
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "http": settings.http_parser,
+        "loop": settings.event_loop,
+        "log_config": log_config(settings.log_level, settings.log_format),
+    }
     if workers == 1:
         uvicorn.run(APP, **options)
     else:

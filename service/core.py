@@ -79,8 +79,10 @@ class Core:
     def check_names(self, values: Mapping[str, float], field: str) -> None:
         unknown = sorted(set(values) - set(self.names))
         if unknown:
-            raise InvalidInput((field, unknown[0]), f"unknown attribute(s) {', '.join(unknown[:5])}; GET /model "
-                                                    f"lists the {len(self.names)} names")
+            raise InvalidInput(
+                (field, unknown[0]),
+                f"unknown attribute(s) {', '.join(unknown[:5])}; GET /model lists the {len(self.names)} names",
+            )
 
     def generate_job(self, request: GenerateRequest) -> GenerateJob:
         """The model's job for a request, within the service's limits; a seed is drawn when none is given."""
@@ -94,23 +96,34 @@ class Core:
 
     def attributes_response(self, face: FaceCrop, probabilities: np.ndarray) -> AttributesResponse:
         by_name = dict(zip(self.names, map(float, probabilities)))
-        return AttributesResponse(probabilities=by_name, present=[n for n, p in by_name.items() if p >= 0.5],
-                                  **face_fields(face))
+        return AttributesResponse(
+            probabilities=by_name, present=[n for n, p in by_name.items() if p >= 0.5], **face_fields(face)
+        )
 
     def generate_response(self, generation: Generation) -> GenerateResponse:
         """The JSON answer, faces as base64 PNGs (CPU work: callers on an event loop run it on a thread)."""
         job = generation.job
         encoded = [png_base64(image) for image in generation.images]
-        return GenerateResponse(attributes=self._by_name(job.attributes), seed=job.seed, zeta=job.zeta,
-                                average_face=encoded[0], faces=encoded[1:])
+        return GenerateResponse(
+            attributes=self._by_name(job.attributes),
+            seed=job.seed,
+            zeta=job.zeta,
+            average_face=encoded[0],
+            faces=encoded[1:],
+        )
 
     def edit_response(self, edit: Edit) -> EditResponse:
         """The JSON answer, faces as base64 PNGs (CPU work, as generate_response)."""
         images = [png_base64(i) for i in (edit.face.pixels, edit.x_mean, edit.x_prime_mean, edit.edited)]
         return EditResponse(
-            probabilities=self._by_name(edit.probabilities), attributes=self._by_name(edit.attributes),
-            edited_attributes=self._by_name(edit.edited_attributes), **face_fields(edit.face),
-            input_face=images[0], x_mean=images[1], x_prime_mean=images[2], edited_face=images[3],
+            probabilities=self._by_name(edit.probabilities),
+            attributes=self._by_name(edit.attributes),
+            edited_attributes=self._by_name(edit.edited_attributes),
+            **face_fields(edit.face),
+            input_face=images[0],
+            x_mean=images[1],
+            x_prime_mean=images[2],
+            edited_face=images[3],
         )
 
     def _by_name(self, values: np.ndarray) -> dict[str, float]:
@@ -139,5 +152,6 @@ class Core:
             self.engine.generate(GenerateJob(w, 0, 0.0, 0)), self.engine.generate(GenerateJob(w_prime, 0, 0.0, 0))
         )
         x_mean, x_prime_mean = means[0].average, means[1].average
-        return Edit(face, encoded.probabilities, w, w_prime, x_mean, x_prime_mean,
-                    edit_face(face.pixels, x_mean, x_prime_mean))
+        return Edit(
+            face, encoded.probabilities, w, w_prime, x_mean, x_prime_mean, edit_face(face.pixels, x_mean, x_prime_mean)
+        )

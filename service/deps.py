@@ -54,8 +54,14 @@ class EditUpload(Upload):
 
 
 async def _read(request: Request, core: Core, *fields: str) -> tuple[bytes, dict[str, str]]:
-    return await read_form(request, "image", fields, max_bytes=max_body_bytes(core.settings),
-                           max_field_bytes=MULTIPART_OVERHEAD, optional=OPTIONAL_PARTS)
+    return await read_form(
+        request,
+        "image",
+        fields,
+        max_bytes=max_body_bytes(core.settings),
+        max_field_bytes=MULTIPART_OVERHEAD,
+        optional=OPTIONAL_PARTS,
+    )
 
 
 async def _upload(request: Request, core: CoreDep) -> Upload:

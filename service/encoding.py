@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,7 +28,10 @@ def png_base64(image: np.ndarray) -> str:
 # Media types a client may ask for with Accept instead of JSON, in order of preference when ranked equally.
 IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp")
 # PNG stays lossless; JPEG and WebP at quality 90 take a fifth and a tenth of its bytes for a 64x64 face.
-_SAVE_OPTIONS = {"image/jpeg": {"format": "JPEG", "quality": 90}, "image/webp": {"format": "WEBP", "quality": 90}}
+_SAVE_OPTIONS: dict[str, dict[str, Any]] = {
+    "image/jpeg": {"format": "JPEG", "quality": 90},
+    "image/webp": {"format": "WEBP", "quality": 90},
+}
 
 
 def encode_image(image: np.ndarray, media_type: str) -> bytes:

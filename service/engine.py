@@ -19,7 +19,7 @@ from jmvae.model.device import resolve_device
 from jmvae.model.jmvae import JMVAE
 from jmvae.model.preprocess import denormalise, normalise
 
-from .batching import BatchStats, Batcher
+from .batching import Batcher, BatchStats
 from .metrics import ServiceMetrics
 from .settings import Settings
 
@@ -50,8 +50,16 @@ class Generated:
 class Engine:
     """Owns the model; every forward pass runs on one worker thread, off the event loop."""
 
-    def __init__(self, model: JMVAE, meta: CheckpointMeta, attribute_prior: AttributePrior, checkpoint: Path,
-                 device: torch.device, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        model: JMVAE,
+        meta: CheckpointMeta,
+        attribute_prior: AttributePrior,
+        checkpoint: Path,
+        device: torch.device,
+        settings: Settings,
+        metrics: ServiceMetrics,
+    ) -> None:
         self.model = model
         self.meta = meta
         self.checkpoint = checkpoint
@@ -68,11 +76,21 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jmvae-model")
         wait = settings.max_batch_wait_ms / 1000.0
         self.image_path: Batcher[np.ndarray, Encoded] = Batcher(
-            "image", self.encode_batch, self._executor, settings.max_batch_size, wait, settings.max_queue,
+            "image",
+            self.encode_batch,
+            self._executor,
+            settings.max_batch_size,
+            wait,
+            settings.max_queue,
             self._observe,
         )
         self.attribute_path: Batcher[GenerateJob, Generated] = Batcher(
-            "attributes", self.generate_batch, self._executor, settings.max_batch_size, wait, settings.max_queue,
+            "attributes",
+            self.generate_batch,
+            self._executor,
+            settings.max_batch_size,
+            wait,
+            settings.max_queue,
             self._observe,
         )
         metrics.track(
@@ -146,7 +164,7 @@ class Engine:
                 eps = torch.randn((job.n, q.mean.shape[-1]), generator=torch.Generator().manual_seed(job.seed))
                 latents.append(q.mean[i] + q.std[i] * math.sqrt(job.zeta) * eps.to(self.device))
         images = denormalise(self.model.decode_image(torch.cat(latents))).cpu().numpy()
-        averages, rest = images[: len(jobs)], images[len(jobs):]
+        averages, rest = images[: len(jobs)], images[len(jobs) :]
         out, start = [], 0
         for i, job in enumerate(jobs):
             out.append(Generated(averages[i], rest[start : start + job.n]))

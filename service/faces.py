@@ -34,8 +34,10 @@ def parse_box(text: str) -> CropBox:
 def check_inside(box: CropBox, size: tuple[int, int]) -> None:
     width, height = size
     if box.right > width or box.bottom > height:
-        raise BadBox(f"the box ({box.left:g}, {box.top:g}, {box.width:g} x {box.height:g}) reaches past the "
-                     f"{width}x{height} photo")
+        raise BadBox(
+            f"the box ({box.left:g}, {box.top:g}, {box.width:g} x {box.height:g}) reaches past the "
+            f"{width}x{height} photo"
+        )
 
 
 def face_fields(face: FaceCrop) -> dict[str, Any]:
@@ -50,8 +52,11 @@ def face_fields(face: FaceCrop) -> dict[str, Any]:
     else:
         note = None
     return {
-        "box": _box(face.box), "face_box": _box(face.faces[0].box) if face.detected else None,
-        "face_detected": face.detected, "faces_found": found, "note": note,
+        "box": _box(face.box),
+        "face_box": _box(face.faces[0].box) if face.detected else None,
+        "face_detected": face.detected,
+        "faces_found": found,
+        "note": note,
     }
 
 

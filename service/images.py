@@ -103,8 +103,11 @@ def _decode(kind: str, data: bytes, max_pixels: int) -> Image.Image:
         _check_pixels(image.size, max_pixels)
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
-            raise ImageRejected(422, f"animated or multi-frame images are not accepted (this {kind} has "
-                                f"{frames} frames); send a still picture")
+            raise ImageRejected(
+                422,
+                f"animated or multi-frame images are not accepted (this {kind} has "
+                f"{frames} frames); send a still picture",
+            )
         # Decoding checks the data: a short read fails (LOAD_TRUNCATED_IMAGES is off) and PNG's zlib stream
         # ends in a checksum over all pixel rows, so a flipped bit anywhere in them fails too.
         image.load()
@@ -116,8 +119,10 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     if width < 1 or height < 1:
         raise ImageRejected(422, f"the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise ImageRejected(413, f"the image is {width}x{height} ({width * height:,} pixels); at most "
-                            f"{max_pixels:,} pixels are accepted")
+        raise ImageRejected(
+            413,
+            f"the image is {width}x{height} ({width * height:,} pixels); at most {max_pixels:,} pixels are accepted",
+        )
 
 
 def _webp_canvas_size(data: bytes) -> tuple[int, int]:

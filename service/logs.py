@@ -60,8 +60,12 @@ def log_config(level: str = "info", format: Literal["json", "text"] = "json") ->
     """A logging.dictConfig for uvicorn's `log_config`, so every worker process logs the same way.
     uvicorn's own access log is off: RequestContext writes one with the request id instead."""
     formatter = JsonFormatter if format == "json" else TextFormatter
-    handler = {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "main",
-               "filters": ["request_id"]}
+    handler = {
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+        "formatter": "main",
+        "filters": ["request_id"],
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -119,9 +123,20 @@ class RequestContext:
             path = scope["path"]
             level = logging.DEBUG if path in QUIET_PATHS and status < 400 else logging.INFO
             client = scope.get("client")
-            access_logger.log(level, "%s %s %d", scope["method"], path, status, extra={"http": {
-                "method": scope["method"], "path": path, "status": status,
-                "duration_ms": round(seconds * 1000, 2),
-                "client": client[0] if client else None,
-            }})
+            access_logger.log(
+                level,
+                "%s %s %d",
+                scope["method"],
+                path,
+                status,
+                extra={
+                    "http": {
+                        "method": scope["method"],
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 2),
+                        "client": client[0] if client else None,
+                    }
+                },
+            )
             REQUEST_ID.reset(token)

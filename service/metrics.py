@@ -19,28 +19,43 @@ class ServiceMetrics:
             "jmvae_requests", "HTTP requests answered", ["endpoint", "method", "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "jmvae_request_seconds", "HTTP request latency", ["endpoint", "method", "status"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "jmvae_request_seconds",
+            "HTTP request latency",
+            ["endpoint", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.batch_size = Histogram(
-            "jmvae_batch_size", "items merged into one forward pass", ["path"], buckets=BATCH_BUCKETS,
+            "jmvae_batch_size",
+            "items merged into one forward pass",
+            ["path"],
+            buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.queue_wait = Histogram(
-            "jmvae_queue_wait_seconds", "time an item waited for its batch to start", ["path"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "jmvae_queue_wait_seconds",
+            "time an item waited for its batch to start",
+            ["path"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.model_time = Histogram(
-            "jmvae_model_seconds", "time of one batched forward pass", ["path"], buckets=LATENCY_BUCKETS,
+            "jmvae_model_seconds",
+            "time of one batched forward pass",
+            ["path"],
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.queue_depth = Gauge("jmvae_queue_depth", "items waiting per model path", ["path"], registry=self.registry)
         self.rejected = Counter(
-            "jmvae_queue_rejections", "requests refused with 503 because a queue was full", ["path"],
+            "jmvae_queue_rejections",
+            "requests refused with 503 because a queue was full",
+            ["path"],
             registry=self.registry,
         )
         self.device_memory = Gauge(
-            "jmvae_device_memory_bytes", "memory in use on the model's device (CUDA allocator, or process RSS on CPU)",
+            "jmvae_device_memory_bytes",
+            "memory in use on the model's device (CUDA allocator, or process RSS on CPU)",
             registry=self.registry,
         )
 

@@ -36,12 +36,18 @@ def install_middleware(app: FastAPI, settings: Settings, metrics: ServiceMetrics
         _require_api_key(app, settings.api_key.get_secret_value())
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Accept"],
         )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes(settings))
-    app.add_middleware(RequestContext, on_response=lambda scope, status, seconds: metrics.observe_request(
-        endpoint_label(app, scope), scope["method"], status, seconds))
+    app.add_middleware(
+        RequestContext,
+        on_response=lambda scope, status, seconds: metrics.observe_request(
+            endpoint_label(app, scope), scope["method"], status, seconds
+        ),
+    )
 
 
 def _require_api_key(app: FastAPI, key: str) -> None:
@@ -57,8 +63,12 @@ def _require_api_key(app: FastAPI, key: str) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         offered = hashlib.sha256(token.strip().encode()).digest()
         if not hmac.compare_digest(offered, expected) or scheme.lower() != "bearer":
-            return error_response(401, "unauthorized", "a valid API key is required as 'Authorization: Bearer <key>'",
-                                  {"WWW-Authenticate": "Bearer"})
+            return error_response(
+                401,
+                "unauthorized",
+                "a valid API key is required as 'Authorization: Bearer <key>'",
+                {"WWW-Authenticate": "Bearer"},
+            )
         return await call_next(request)
 
 

@@ -11,23 +11,36 @@ from .schemas import ErrorBody
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
-        401: "missing or wrong API key", 413: "upload too large (bytes or pixels)",
-        415: "not a JPEG, PNG or WebP image", 422: "invalid input: the detail names the field and the problem",
+        401: "missing or wrong API key",
+        413: "upload too large (bytes or pixels)",
+        415: "not a JPEG, PNG or WebP image",
+        422: "invalid input: the detail names the field and the problem",
         503: "not ready yet, or the queue is full: retry after Retry-After seconds",
     }.items()
 }
 IMAGE_RESPONSE: dict[str, Any] = {
     "content": {media: {} for media in IMAGE_MEDIA_TYPES},
-    "description": "JSON by default; one image with Accept: image/png (lossless), image/jpeg or image/webp (quality 90)",
+    "description": "JSON by default; one image with Accept: image/png (lossless), image/jpeg or image/webp "
+    "(quality 90)",
 }
-IMAGE_PART: dict[str, Any] = {"type": "string", "format": "binary",
-                              "description": "a JPEG, PNG or WebP photo with one face"}
+IMAGE_OK: dict[int | str, dict[str, Any]] = {200: IMAGE_RESPONSE}
+IMAGE_PART: dict[str, Any] = {
+    "type": "string",
+    "format": "binary",
+    "description": "a JPEG, PNG or WebP photo with one face",
+}
 OPTIONAL_PARTS = ("box",)  # form parts an upload may leave out
-BOX_PART: dict[str, Any] = {"type": "string", "description": "optional: the face's box in the photo's pixels, as "
-                            "JSON; the crop is it grown ×1.3, and no face detection runs",
-                            "examples": ['{"left": 140, "top": 95, "width": 210, "height": 210}']}
-CHANGES_PART: dict[str, Any] = {"type": "string", "description": 'JSON object of attribute values, e.g. {"Smiling": 2}',
-                                "examples": ['{"Smiling": 2, "Eyeglasses": 1}']}
+BOX_PART: dict[str, Any] = {
+    "type": "string",
+    "description": "optional: the face's box in the photo's pixels, as "
+    "JSON; the crop is it grown ×1.3, and no face detection runs",
+    "examples": ['{"left": 140, "top": 95, "width": 210, "height": 210}'],
+}
+CHANGES_PART: dict[str, Any] = {
+    "type": "string",
+    "description": 'JSON object of attribute values, e.g. {"Smiling": 2}',
+    "examples": ['{"Smiling": 2, "Eyeglasses": 1}'],
+}
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

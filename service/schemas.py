@@ -9,8 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 AttributeValue = Annotated[
     float,
-    Field(ge=-2.0, le=2.0, allow_inf_nan=False,
-          description="-1 absent, 1 present, ±2 emphasised (the paper's Figure 1); any value in [-2, 2]"),
+    Field(
+        ge=-2.0,
+        le=2.0,
+        allow_inf_nan=False,
+        description="-1 absent, 1 present, ±2 emphasised (the paper's Figure 1); any value in [-2, 2]",
+    ),
 ]
 
 
@@ -44,12 +48,17 @@ class FaceFields(BaseModel):
     """Which part of the photo the model saw, and why."""
 
     box: Box = Field(description="the crop of the uploaded image that was fed to the model, in its pixels")
-    face_box: Box | None = Field(None, description="the detected face the answer is for, before the framing "
-                                 "(×1.3); send it back as `box` to skip detection. None without a detection")
+    face_box: Box | None = Field(
+        None,
+        description="the detected face the answer is for, before the framing "
+        "(×1.3); send it back as `box` to skip detection. None without a detection",
+    )
     face_detected: bool = Field(description="a face passed the detector's confidence threshold")
     faces_found: int = Field(0, description="faces that passed the detector; the answer is for the most confident")
-    note: str | None = Field(None, description="set when no face was found (centre crop), the client's box was "
-                             "used, or several faces were found")
+    note: str | None = Field(
+        None,
+        description="set when no face was found (centre crop), the client's box was used, or several faces were found",
+    )
 
 
 class ErrorBody(BaseModel):
@@ -61,24 +70,36 @@ class AttributesResponse(FaceFields):
     probabilities: dict[str, float] = Field(description="p(attribute present | image), by attribute name")
     present: list[str] = Field(description="attributes with probability ≥ 0.5")
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "probabilities": {"Male": 0.93, "Smiling": 0.12, "Eyeglasses": 0.02},
-        "present": ["Male"], "box": {"left": 120.0, "top": 80.0, "width": 260.0, "height": 260.0},
-        "face_box": {"left": 150.0, "top": 110.0, "width": 200.0, "height": 200.0},
-        "face_detected": True, "faces_found": 1, "note": None,
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "probabilities": {"Male": 0.93, "Smiling": 0.12, "Eyeglasses": 0.02},
+                    "present": ["Male"],
+                    "box": {"left": 120.0, "top": 80.0, "width": 260.0, "height": 260.0},
+                    "face_box": {"left": 150.0, "top": 110.0, "width": 200.0, "height": 200.0},
+                    "face_detected": True,
+                    "faces_found": 1,
+                    "note": None,
+                }
+            ]
+        }
+    )
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"attributes": {"Smiling": 2, "Male": -1, "Blond_Hair": 1}, "n": 4, "zeta": 1.0, "seed": 7}
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"attributes": {"Smiling": 2, "Male": -1, "Blond_Hair": 1}, "n": 4, "zeta": 1.0, "seed": 7}]
+        },
+    )
 
     attributes: dict[str, AttributeValue] = Field(
         default_factory=dict,
         description="attribute values by CelebA name; each unspecified attribute takes its most likely value given "
         "the specified ones, by the model's training data (a naive-Bayes vote of pairwise counts; with none "
-        "specified, the majority values of GET /model): {\"Bald\": 2} asks for a bald man, not a bald woman",
+        'specified, the majority values of GET /model): {"Bald": 2} asks for a bald man, not a bald woman',
     )
     n: int = Field(4, ge=0, description="random faces besides the average face")
     zeta: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="ε ~ N(0, ζ I) for z = z_mean + σ ⊙ ε")
@@ -88,10 +109,19 @@ class GenerateRequest(BaseModel):
 
 
 class GenerateResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "attributes": {"Smiling": 2.0, "Male": -1.0, "Young": 1.0}, "seed": 7, "zeta": 1.0,
-        "average_face": "iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAIAAAAlC+aJ...", "faces": ["iVBORw0KGgo..."],
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "attributes": {"Smiling": 2.0, "Male": -1.0, "Young": 1.0},
+                    "seed": 7,
+                    "zeta": 1.0,
+                    "average_face": "iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAIAAAAlC+aJ...",
+                    "faces": ["iVBORw0KGgo..."],
+                }
+            ]
+        }
+    )
 
     attributes: dict[str, float] = Field(description="the full attribute vector the faces were generated from")
     seed: int
@@ -111,15 +141,26 @@ class EditChanges(BaseModel):
 
 
 class EditResponse(FaceFields):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "probabilities": {"Smiling": 0.08, "Eyeglasses": 0.01}, "attributes": {"Smiling": -1.0, "Eyeglasses": -1.0},
-        "edited_attributes": {"Smiling": 2.0, "Eyeglasses": -1.0},
-        "box": {"left": 18.3, "top": 52.3, "width": 144.3, "height": 144.3},
-        "face_box": {"left": 39.9, "top": 74.0, "width": 111.0, "height": 111.0}, "face_detected": True,
-        "faces_found": 1, "note": None,
-        "input_face": "iVBORw0KGgo...", "x_mean": "iVBORw0KGgo...", "x_prime_mean": "iVBORw0KGgo...",
-        "edited_face": "iVBORw0KGgo...",
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "probabilities": {"Smiling": 0.08, "Eyeglasses": 0.01},
+                    "attributes": {"Smiling": -1.0, "Eyeglasses": -1.0},
+                    "edited_attributes": {"Smiling": 2.0, "Eyeglasses": -1.0},
+                    "box": {"left": 18.3, "top": 52.3, "width": 144.3, "height": 144.3},
+                    "face_box": {"left": 39.9, "top": 74.0, "width": 111.0, "height": 111.0},
+                    "face_detected": True,
+                    "faces_found": 1,
+                    "note": None,
+                    "input_face": "iVBORw0KGgo...",
+                    "x_mean": "iVBORw0KGgo...",
+                    "x_prime_mean": "iVBORw0KGgo...",
+                    "edited_face": "iVBORw0KGgo...",
+                }
+            ]
+        }
+    )
 
     probabilities: dict[str, float] = Field(description="attributes predicted for the input face")
     attributes: dict[str, float] = Field(description="w: the predicted attributes as -1/1")

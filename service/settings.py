@@ -23,15 +23,19 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="width × height of an upload, checked before decoding")
     max_faces: int = Field(16, ge=0, description="upper bound of n in POST /generate")
     max_zeta: float = Field(4.0, gt=0.0, description="upper bound of zeta in POST /generate")
-    api_key: SecretStr | None = Field(None, description="when set, a bearer token required by all but health, readiness, metrics and the web page")
+    api_key: SecretStr | None = Field(
+        None, description="when set, a bearer token required by all but health, readiness, metrics and the web page"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated origins")
     warmup_batches: int = Field(3, ge=1, description="forward passes per model path before /readyz turns 200")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = Field("json", description="json: one object per line, for log collectors")
     http_parser: Literal["auto", "httptools", "h11"] = Field(
-        "auto", description="uvicorn's HTTP parser; auto: httptools (C) when installed, else h11 (pure Python)")
+        "auto", description="uvicorn's HTTP parser; auto: httptools (C) when installed, else h11 (pure Python)"
+    )
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
-        "auto", description="uvicorn's event loop; auto: uvloop when installed, else asyncio's")
+        "auto", description="uvicorn's event loop; auto: uvloop when installed, else asyncio's"
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

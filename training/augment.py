@@ -8,8 +8,14 @@ import torch.nn.functional as F
 from jmvae.model.preprocess import reframe
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, hflip: bool, shift: int, jitter_scale: float = 0.0,
-            jitter_shift: float = 0.0) -> torch.Tensor:
+def augment(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    hflip: bool,
+    shift: int,
+    jitter_scale: float = 0.0,
+    jitter_shift: float = 0.0,
+) -> torch.Tensor:
     """Mirror a random half of the batch (no CelebA attribute is left- or right-sided, so labels stay true) and
     translate each face by up to `shift` pixels each way, edges repeated: the service crops uploads around
     their own face detection, whose box lands a few pixels off the fixed crop of the aligned training images.

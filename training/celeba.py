@@ -162,15 +162,23 @@ def _read(root: Path) -> tuple[CelebAIndex, dict[str, bytes | None]]:
             raise FileNotFoundError(f"{image_dir / name}: image listed in {attr_path}:{line} does not exist")
 
     partition_path = root / PARTITION_FILE
-    by_name = _parse_pairs(partition_path, _lines(partition_path, raw[PARTITION_FILE]), "partition",
-                           lambda token: int(token) if token in ("0", "1", "2") else None)
+    by_name = _parse_pairs(
+        partition_path,
+        _lines(partition_path, raw[PARTITION_FILE]),
+        "partition",
+        lambda token: int(token) if token in ("0", "1", "2") else None,
+    )
     partition = np.array([by_name.get(name, -1) for name in filenames], dtype=np.int8)
 
     identities = None
     if raw[IDENTITY_FILE] is not None:
         identity_path = root / IDENTITY_FILE
-        ids = _parse_pairs(identity_path, _lines(identity_path, raw[IDENTITY_FILE]), "identity",
-                           lambda token: int(token) if token.isascii() and token.isdigit() else None)
+        ids = _parse_pairs(
+            identity_path,
+            _lines(identity_path, raw[IDENTITY_FILE]),
+            "identity",
+            lambda token: int(token) if token.isascii() and token.isdigit() else None,
+        )
         identities = np.array([ids.get(name, -1) for name in filenames], dtype=np.int32)
 
     index = CelebAIndex(root, filenames, attributes, CELEBA_ATTRIBUTES, partition, identities)
@@ -215,8 +223,11 @@ def _parse_attributes(path: Path, lines: list[str]) -> tuple[tuple[str, ...], np
     missing = [n for n in CELEBA_ATTRIBUTES if n not in names]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if unknown or missing or duplicated:
-        problems = [f"{label} {found}" for label, found in
-                    (("unknown", unknown), ("missing", missing), ("duplicated", duplicated)) if found]
+        problems = [
+            f"{label} {found}"
+            for label, found in (("unknown", unknown), ("missing", missing), ("duplicated", duplicated))
+            if found
+        ]
         raise CelebAFormatError(path, "attribute names differ from CelebA's 40: " + "; ".join(problems), 2)
 
     width = len(names) + 1
@@ -226,8 +237,9 @@ def _parse_attributes(path: Path, lines: list[str]) -> tuple[tuple[str, ...], np
     for line_no, line in enumerate(lines[2:], start=3):
         parts = line.split()
         if len(parts) != width:
-            raise CelebAFormatError(path, f"expected a file name and {width - 1} values, found {len(parts)} fields",
-                                    line_no)
+            raise CelebAFormatError(
+                path, f"expected a file name and {width - 1} values, found {len(parts)} fields", line_no
+            )
         name = parts[0]
         _check_name(path, name, line_no)
         if name in first_line:
@@ -244,8 +256,9 @@ def _parse_attributes(path: Path, lines: list[str]) -> tuple[tuple[str, ...], np
     bad = np.argwhere(values == 0)
     if len(bad):
         row, column = bad[0]
-        raise CelebAFormatError(path, f"{names[column]} is {tokens[row * len(names) + column]!r}, expected -1 or 1",
-                                int(row) + 3)
+        raise CelebAFormatError(
+            path, f"{names[column]} is {tokens[row * len(names) + column]!r}, expected -1 or 1", int(row) + 3
+        )
     columns = [names.index(n) for n in CELEBA_ATTRIBUTES]
     return tuple(filenames), np.ascontiguousarray(values[:, columns]), list(first_line.values())
 
@@ -270,8 +283,9 @@ def _parse_pairs(path: Path, lines: list[str], what: str, convert: Callable[[str
     return found
 
 
-def _content_key(annotations: dict[str, bytes | None], filenames: tuple[str, ...], sizes: list[int],
-                 preprocessing: Preprocessing) -> str:
+def _content_key(
+    annotations: dict[str, bytes | None], filenames: tuple[str, ...], sizes: list[int], preprocessing: Preprocessing
+) -> str:
     digest = hashlib.sha256(f"jmvae-celeba-cache v{CACHE_FORMAT_VERSION}\n".encode())
     for name, data in sorted(annotations.items()):
         # Length-prefixed so content cannot shift between fields and collide.
@@ -383,8 +397,14 @@ def _save_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
         temp.unlink(missing_ok=True)
 
 
-def _build_cache(root: Path, filenames: list[str], preprocessing: Preprocessing, images_path: Path,
-                 workers: int | None, progress: bool) -> None:
+def _build_cache(
+    root: Path,
+    filenames: list[str],
+    preprocessing: Preprocessing,
+    images_path: Path,
+    workers: int | None,
+    progress: bool,
+) -> None:
     _remove_stale_temps(images_path.parent)
     temp = _temp_path(images_path)
     size = preprocessing.image_size

@@ -16,9 +16,17 @@ RESUMABLE_OVERRIDES = {"epochs", "device", "precision", "compile", "progress", "
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     pairs = {
-        "data": args.data, "epochs": args.epochs, "alpha": args.alpha, "device": args.device, "seed": args.seed,
-        "batch_size": args.batch_size, "lr": args.lr, "cache_dir": args.cache_dir, "workers": args.workers,
-        "compile": args.compile, "progress": False if args.no_progress else None,
+        "data": args.data,
+        "epochs": args.epochs,
+        "alpha": args.alpha,
+        "device": args.device,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "cache_dir": args.cache_dir,
+        "workers": args.workers,
+        "compile": args.compile,
+        "progress": False if args.no_progress else None,
         "model": {"kind": args.model} if args.model else None,
         "gan": {} if args.gan else None,  # merged into a [gan] table of --config, or GanConfig's defaults
     }
@@ -32,8 +40,8 @@ def _train(args: argparse.Namespace) -> int:
     from jmvae.model.device import resolve_device
 
     from .config import CONFIG_FILE, TrainConfig, load_config
-    from .sources import load_dataset
     from .distributed import init_distributed, shutdown_distributed
+    from .sources import load_dataset
     from .trainer import Trainer, TrainingInterrupted
 
     run_dir: Path = args.out
@@ -43,8 +51,11 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError("--resume reads RUN_DIR/config.json; --config cannot be given with it")
         saved = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
         config = load_config(run_dir / CONFIG_FILE, overrides)
-        changed = sorted(k for k in TrainConfig.model_fields
-                         if k not in RESUMABLE_OVERRIDES and getattr(config, k) != getattr(saved, k))
+        changed = sorted(
+            k
+            for k in TrainConfig.model_fields
+            if k not in RESUMABLE_OVERRIDES and getattr(config, k) != getattr(saved, k)
+        )
         if changed:
             raise ValueError(f"cannot change {', '.join(changed)} when resuming {run_dir}")
     else:
@@ -78,10 +89,10 @@ def _eval(args: argparse.Namespace) -> int:
     from jmvae.model.jmvae import JMVAE
 
     from .config import SyntheticConfig, TrainConfig
-    from .sources import load_dataset
     from .evaluate import evaluate
     from .metrics import CONVENTION, UNITS
     from .report import write_report
+    from .sources import load_dataset
 
     device = resolve_device(args.device)
     model, meta = load_model(args.checkpoint, device)
@@ -90,11 +101,15 @@ def _eval(args: argparse.Namespace) -> int:
     # as the service crops uploads), unless --crop asks for the other crop.
     preprocessing = meta.preprocessing.model_copy(update={"crop": args.crop or meta.preprocessing.crop})
     crop = {"crop": "none (synthetic faces are drawn framed)" if args.data == "synthetic" else preprocessing.crop}
-    config = saved.model_copy(update={"data": args.data, "progress": not args.no_progress,
-                                      "preprocessing": preprocessing,
-                                      "cache_dir": args.cache_dir or saved.cache_dir,
-                                      "synthetic": SyntheticConfig(n_train=1, n_val=args.max_examples,
-                                                                   n_test=args.max_examples, seed=args.seed)})
+    config = saved.model_copy(
+        update={
+            "data": args.data,
+            "progress": not args.no_progress,
+            "preprocessing": preprocessing,
+            "cache_dir": args.cache_dir or saved.cache_dir,
+            "synthetic": SyntheticConfig(n_train=1, n_val=args.max_examples, n_test=args.max_examples, seed=args.seed),
+        }
+    )
     dataset = load_dataset(config)
     if args.out is not None:
         if not isinstance(model, JMVAE):
@@ -105,20 +120,56 @@ def _eval(args: argparse.Namespace) -> int:
             if path is not None:
                 extras[flag], extra_meta = load_model(path, device)
                 if extra_meta.model.kind != kind or extra_meta.model.image_size != meta.model.image_size:
-                    raise ValueError(f"--{flag} {path}: a {extra_meta.model.kind} at {extra_meta.model.image_size} px, "
-                                     f"expected a {kind} at {meta.model.image_size} px")
-        report = write_report(model, meta, dataset.split(args.split), args.out, k=args.k, n_w=args.nw,
-                              max_examples=args.max_examples, seed=args.seed, classifier=extras.get("classifier"),
-                              baselines=tuple(extras[b] for b in ("vae", "cvae") if b in extras), crop=crop["crop"])
-        print(json.dumps({"out": str(args.out)} | crop | {k: v for k, v in report.items() if "/" not in k}, indent=2,
-                         ensure_ascii=False))
+                    raise ValueError(
+                        f"--{flag} {path}: a {extra_meta.model.kind} at {extra_meta.model.image_size} px, "
+                        f"expected a {kind} at {meta.model.image_size} px"
+                    )
+        report = write_report(
+            model,
+            meta,
+            dataset.split(args.split),
+            args.out,
+            k=args.k,
+            n_w=args.nw,
+            max_examples=args.max_examples,
+            seed=args.seed,
+            classifier=extras.get("classifier"),
+            baselines=tuple(extras[b] for b in ("vae", "cvae") if b in extras),
+            crop=crop["crop"],
+        )
+        print(
+            json.dumps(
+                {"out": str(args.out)} | crop | {k: v for k, v in report.items() if "/" not in k},
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return 0
     prevalence = np.array([meta.data["attribute_prevalence"][n] for n in meta.attribute_names])
-    metrics = evaluate(model, dataset.split(args.split), prevalence, meta.alpha, k=args.k, n_w=args.nw,
-                       max_examples=args.max_examples, seed=args.seed)
-    print(json.dumps({"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split} | crop | {
-                      "examples": min(len(dataset.split(args.split)), args.max_examples),
-                      "units": UNITS, "convention": CONVENTION} | metrics, indent=2, ensure_ascii=False))
+    metrics = evaluate(
+        model,
+        dataset.split(args.split),
+        prevalence,
+        meta.alpha,
+        k=args.k,
+        n_w=args.nw,
+        max_examples=args.max_examples,
+        seed=args.seed,
+    )
+    print(
+        json.dumps(
+            {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split}
+            | crop
+            | {
+                "examples": min(len(dataset.split(args.split)), args.max_examples),
+                "units": UNITS,
+                "convention": CONVENTION,
+            }
+            | metrics,
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     return 0
 
 
@@ -133,8 +184,11 @@ def _export(args: argparse.Namespace) -> int:
 
     from jmvae.model.checkpoint import export_checkpoint
 
-    meta = export_checkpoint(args.checkpoint, args.out, {"float16": torch.float16, "bfloat16": torch.bfloat16,
-                                                         "float32": torch.float32}[args.dtype])
+    meta = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype],
+    )
     print(json.dumps({"checkpoint": str(args.out), "bytes": args.out.stat().st_size, "epoch": meta.epoch}))
     return 0
 
@@ -148,12 +202,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     train.add_argument("--config", type=Path, help="TOML or JSON file of TrainConfig fields")
     train.add_argument("--epochs", type=int)
     train.add_argument("--alpha", type=float, help="JMVAE-kl weight α; 0 trains plain JMVAE")
-    train.add_argument("--model", choices=["jmvae", "vae", "cvae", "classifier"],
-                       help="JMVAE (default), the paper's VAE / CVAE baseline on the same networks, or the attribute "
-                            "classifier that `jmvae eval --classifier` scores generated faces with")
-    train.add_argument("--gan", action="store_true",
-                       help="add the paper's GAN combination: a discriminator against decoded faces (see [gan] in "
-                            "the config for its weight and learning rate)")
+    train.add_argument(
+        "--model",
+        choices=["jmvae", "vae", "cvae", "classifier"],
+        help="JMVAE (default), the paper's VAE / CVAE baseline on the same networks, or the attribute "
+        "classifier that `jmvae eval --classifier` scores generated faces with",
+    )
+    train.add_argument(
+        "--gan",
+        action="store_true",
+        help="add the paper's GAN combination: a discriminator against decoded faces (see [gan] in "
+        "the config for its weight and learning rate)",
+    )
     train.add_argument("--device", choices=["auto", "cpu", "cuda"])
     train.add_argument("--seed", type=int)
     train.add_argument("--batch-size", type=int)
@@ -175,13 +235,19 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     evaluation.add_argument("--seed", type=int, default=0)
     evaluation.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     evaluation.add_argument("--cache-dir", type=Path)
-    evaluation.add_argument("--crop", choices=["detector", "aligned"],
-                            help="how CelebA faces are cropped: around each image's detected face, as the service "
-                                 "crops uploads, or CelebA's fixed aligned box; default: the checkpoint's own crop")
+    evaluation.add_argument(
+        "--crop",
+        choices=["detector", "aligned"],
+        help="how CelebA faces are cropped: around each image's detected face, as the service "
+        "crops uploads, or CelebA's fixed aligned box; default: the checkpoint's own crop",
+    )
     evaluation.add_argument("--no-progress", action="store_true")
     evaluation.add_argument("--out", type=Path, help="write metrics.json, report.md and the figures here")
-    evaluation.add_argument("--classifier", type=Path, help="with --out: a `--model classifier` checkpoint that "
-                            "scores generated faces (coherence_auc)")
+    evaluation.add_argument(
+        "--classifier",
+        type=Path,
+        help="with --out: a `--model classifier` checkpoint that scores generated faces (coherence_auc)",
+    )
     evaluation.add_argument("--vae", type=Path, help="with --out: a VAE baseline for Table 1")
     evaluation.add_argument("--cvae", type=Path, help="with --out: a CVAE baseline for Table 1")
     evaluation.set_defaults(func=_eval)

@@ -31,7 +31,8 @@ class GanConfig(BaseModel):
 
     # The JMVAE loss is summed over 12,288 pixel values (thousands of nats per image); the adversarial loss is one
     # value per face, so it needs a weight of that order to move the decoder at all. The pixel term's pull scales
-    # as 1/σ², so 100 suits σ = 0.1; at σ = 0.5 it overpowered the pixels (docs/training.md, "The GAN combination, measured").
+    # as 1/σ², so 100 suits σ = 0.1; at σ = 0.5 it overpowered the pixels (docs/training.md, "The GAN
+    # combination, measured").
     weight: float = Field(100.0, gt=0.0, description="γ: weight of the decoder's adversarial loss (nats per face)")
     lr: float = Field(2e-4, gt=0.0, description="the discriminator's Adam learning rate")
     adam_betas: tuple[float, float] = (0.5, 0.999)
@@ -54,17 +55,29 @@ class TrainConfig(BaseModel):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = Field(20.0, ge=0.0, description="KL warm-up of the prior term, 0 → 1, linear per step")
     hflip: bool = Field(False, description="flip a random half of each batch left-right (the paper did not)")
-    shift: int = Field(0, ge=0, le=16, description="translate each training face by up to this many pixels "
-                       "each way, edges repeated (the paper did not)")
-    jitter_scale: float = Field(0.0, ge=0.0, le=0.5, description="re-frame each training face as if its crop were "
-                                "larger or smaller by up to e^±jitter_scale (the detector's own variation)")
-    jitter_shift: float = Field(0.0, ge=0.0, le=0.25, description="... and moved by up to this fraction of its side "
-                                "along each axis")
+    shift: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="translate each training face by up to this many pixels "
+        "each way, edges repeated (the paper did not)",
+    )
+    jitter_scale: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="re-frame each training face as if its crop were "
+        "larger or smaller by up to e^±jitter_scale (the detector's own variation)",
+    )
+    jitter_shift: float = Field(
+        0.0, ge=0.0, le=0.25, description="... and moved by up to this fraction of its side along each axis"
+    )
     gan: GanConfig | None = Field(None, description="train with a discriminator (VAE-GAN style), as the paper did")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA and on CPUs with AMX, else fp32")
+        "auto", description="auto: bf16 autocast on CUDA and on CPUs with AMX, else fp32"
+    )
     compile: bool = Field(False, description="torch.compile the model (CUDA only pays off)")
     val_k: int = Field(10, ge=1, description="importance samples of the per-epoch validation bounds")
     val_n_w: int = Field(10, ge=1, description="prior samples for log p(w) in validation")

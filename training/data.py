@@ -73,9 +73,7 @@ class FaceArrays:
 
     @staticmethod
     def empty(image_size: int, n_attributes: int) -> FaceArrays:
-        return FaceArrays(
-            np.zeros((0, image_size, image_size, 3), np.uint8), np.zeros((0, n_attributes), np.int8)
-        )
+        return FaceArrays(np.zeros((0, image_size, image_size, 3), np.uint8), np.zeros((0, n_attributes), np.int8))
 
 
 @dataclass(frozen=True)

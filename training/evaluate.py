@@ -30,10 +30,10 @@ def evaluate(
 
     A VAE baseline gets its objective and log p(x) (q(z|x)); a CVAE baseline its objective and log p(x|w); the
     attribute classifier attr_acc_classifier and attr_auc_classifier.
-    For a JMVAE, all bounds, and attr_acc_* and attr_auc_*: means over attributes of the accuracy and ROC AUC of p(w|z) at the mean of
-    q(z|x), for both ways of inferring from the image alone (the AUC over attributes with both classes present),
-    and attr_*_served for the service's answer (JMVAE.attribute_probabilities: q(z|x) over six views of the face);
-    attr_acc_majority predicts each attribute's majority class in training.
+    For a JMVAE, all bounds, and attr_acc_* and attr_auc_*: means over attributes of the accuracy and ROC AUC of
+    p(w|z) at the mean of q(z|x), for both ways of inferring from the image alone (the AUC over attributes with
+    both classes present), and attr_*_served for the service's answer (JMVAE.attribute_probabilities: q(z|x) over
+    six views of the face); attr_acc_majority predicts each attribute's majority class in training.
     """
     was_training = model.training
     model.eval()
@@ -56,8 +56,10 @@ def evaluate(
         predictions: dict[str, torch.Tensor] = {}
         if isinstance(model, JMVAE):
             bounds = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)
-            batch |= {name: float(getattr(bounds, name).mean()) for name in
-                      ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w")}
+            batch |= {
+                name: float(getattr(bounds, name).mean())
+                for name in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w")
+            }
             predictions = {mode: model.decode_attributes(model.infer(x=x, mode=mode).mean) for mode in ("kl", "zero")}
             # What POST /attributes answers: the same q(z|x), averaged over views of the face.
             predictions["served"] = torch.logit(model.attribute_probabilities(x, mode="kl").double()).float()
@@ -100,8 +102,9 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 @torch.inference_mode()
-def coherence(model: JMVAE, classifier: AttributeClassifier, split: FaceArrays, max_examples: int = 1000,
-              batch_size: int = 250) -> dict[str, float]:
+def coherence(
+    model: JMVAE, classifier: AttributeClassifier, split: FaceArrays, max_examples: int = 1000, batch_size: int = 250
+) -> dict[str, float]:
     """Do generated faces show the attributes they were generated from? Each example's attributes → mean of
     q(z|w) → average face, quantised to uint8 as the service sends it → the classifier's logits, scored against
     those attributes (coherence_auc, coherence_acc). The classifier's own scores on the real images of the same
@@ -117,11 +120,15 @@ def coherence(model: JMVAE, classifier: AttributeClassifier, split: FaceArrays, 
         w = torch.from_numpy(split.attributes[rows]).to(device).float()
         faces = normalise(denormalise(model.decode_image(model.q_attributes(w).mean)))
         generated.append(classifier.logits(faces).cpu().numpy())
-        real.append(classifier.logits(normalise(torch.from_numpy(np.array(split.images[rows])).to(device))).cpu().numpy())
+        real.append(
+            classifier.logits(normalise(torch.from_numpy(np.array(split.images[rows])).to(device))).cpu().numpy()
+        )
     labels = split.attributes[:n] > 0
     metrics = {}
-    for auc, acc, parts in (("coherence_auc", "coherence_acc", generated),
-                            ("attr_auc_classifier", "attr_acc_classifier", real)):
+    for auc, acc, parts in (
+        ("coherence_auc", "coherence_acc", generated),
+        ("attr_auc_classifier", "attr_acc_classifier", real),
+    ):
         logits = np.concatenate(parts)
         metrics[auc] = float(np.nanmean(roc_auc(logits, labels)))
         metrics[acc] = float(((logits > 0) == labels).mean())

@@ -30,7 +30,7 @@ METRICS: dict[str, str] = {
     # records, means over the examples in val records and `jmvae eval`.
     "loss": "what the optimiser minimises: −(Eq. 2) with the warm-up weight β on the prior KL (train records only)",
     "elbo": "log_px + log_pw − kl_prior, without warm-up: Eq. 1, the bound on log p(x, w) (a baseline's: on what "
-            "it models)",
+    "it models)",
     "log_px": "E_q(z|x,w)[log p(x|z)], one sample: the objective's image term",
     "log_pw": "E_q(z|x,w)[log p(w|z)], one sample: the objective's attribute term",
     "kl_prior": "KL(q(z|x,w) ‖ p(z))",
@@ -41,7 +41,7 @@ METRICS: dict[str, str] = {
     "log_px_single": "log p(x), proposal q(z|x) (the VAE baseline: its own q(z|x))",
     "log_pxw": "log p(x, w), proposal q(z|x,w)",
     "log_px_given_w": "log p(x|w) = log p(x, w) − log p(w), log p(w) from N_w prior samples (the CVAE baseline: "
-                      "its own bound, proposal q(z|x,w))",
+    "its own bound, proposal q(z|x,w))",
     # Image → attributes, means over the attributes (ROC AUC over those with both classes present).
     "attr_acc_kl": "accuracy of p(w|z) at the mean of q(z|x) (JMVAE-kl)",
     "attr_auc_kl": "ROC AUC of p(w|z) at the mean of q(z|x) (JMVAE-kl)",
@@ -58,7 +58,7 @@ METRICS: dict[str, str] = {
     "vae_log_px_single": "log_px_single of the `--vae` baseline",
     "cvae_log_px_given_w": "log_px_given_w of the `--cvae` baseline",
     "coherence_auc": "ROC AUC of the `--classifier` on average faces generated from each example's attributes "
-                     "(mean of q(z|w), quantised to uint8), against those attributes",
+    "(mean of q(z|w), quantised to uint8), against those attributes",
     "coherence_acc": "accuracy of the same",
     "fig1a_typical_p" + PER_ATTRIBUTE: "the classifier's probability of the attribute on Figure 1(a)'s typical face",
     "fig1a_average_p" + PER_ATTRIBUTE: "the classifier's probability of the attribute on its row's average face",

@@ -25,9 +25,19 @@ from .metrics import CONVENTION, UNITS
 FIGURE_ATTRIBUTES = ("Male", "Smiling", "Eyeglasses", "Blond_Hair", "Black_Hair", "Bald", "Mustache", "Wearing_Hat")
 
 
-def write_report(model: JMVAE, meta: CheckpointMeta, split: FaceArrays, out: Path, k: int = 10, n_w: int = 10,
-                 max_examples: int = 1000, seed: int = 0, classifier: AttributeClassifier | None = None,
-                 baselines: tuple[VAE | CVAE, ...] = (), crop: str | None = None) -> dict[str, float]:
+def write_report(
+    model: JMVAE,
+    meta: CheckpointMeta,
+    split: FaceArrays,
+    out: Path,
+    k: int = 10,
+    n_w: int = 10,
+    max_examples: int = 1000,
+    seed: int = 0,
+    classifier: AttributeClassifier | None = None,
+    baselines: tuple[VAE | CVAE, ...] = (),
+    crop: str | None = None,
+) -> dict[str, float]:
     """Writes out/metrics.json, out/report.md and the figures; returns the flat metrics, named as in
     training/metrics.py. With a classifier, the coherence of generation and Figure 1(a) scored; with VAE/CVAE
     baselines, their bounds on the same examples (Table 1 side by side)."""
@@ -59,13 +69,18 @@ def write_report(model: JMVAE, meta: CheckpointMeta, split: FaceArrays, out: Pat
     faces = _attribute_faces(model, np.stack([w for _, w in rows]), seed)
     if classifier is not None:
         metrics |= _figure_scores(classifier, faces, rows, names)
-    _save(out / "fig1a_attribute_faces.png", _upscale(grid(list(denormalise(faces.flatten(0, 1)).numpy()),
-                                                           columns=faces.shape[1])))
-    _save(out / "fig1b_latent_pca.png", _latent_pca(means.numpy(), labels[:, names.index("Male")]
-                                                    if "Male" in names else labels[:, 0]))
+    _save(
+        out / "fig1a_attribute_faces.png",
+        _upscale(grid(list(denormalise(faces.flatten(0, 1)).numpy()), columns=faces.shape[1])),
+    )
+    _save(
+        out / "fig1b_latent_pca.png",
+        _latent_pca(means.numpy(), labels[:, names.index("Male")] if "Male" in names else labels[:, 0]),
+    )
     _save(out / "fig2_edit.png", _edit_pipeline(model, x[:6], names))
-    (out / "metrics.json").write_text(json.dumps({"units": UNITS, "convention": CONVENTION} | metrics,
-                                                 indent=2, ensure_ascii=False) + "\n")
+    (out / "metrics.json").write_text(
+        json.dumps({"units": UNITS, "convention": CONVENTION} | metrics, indent=2, ensure_ascii=False) + "\n"
+    )
     (out / "report.md").write_text(_markdown(meta, metrics, names, crop or meta.preprocessing.crop))
     return metrics
 
@@ -101,8 +116,9 @@ def _attribute_faces(model: JMVAE, w: np.ndarray, seed: int, n_random: int = 6) 
 
 
 @torch.inference_mode()
-def _figure_scores(classifier: AttributeClassifier, faces: torch.Tensor, rows: list[tuple[str, np.ndarray]],
-                   names: list[str]) -> dict[str, float]:
+def _figure_scores(
+    classifier: AttributeClassifier, faces: torch.Tensor, rows: list[tuple[str, np.ndarray]], names: list[str]
+) -> dict[str, float]:
     """Does each row of Figure 1(a) show its attribute? The classifier's probability of A on the row's average face
     and on the typical face, and the share of the row's random faces it reads as having A (faces quantised to
     uint8, as the service sends them)."""
@@ -125,8 +141,14 @@ def _edit_pipeline(model: JMVAE, x: torch.Tensor, names: list[str]) -> np.ndarra
     w_prime = w.copy()
     column = names.index("Smiling") if "Smiling" in names else 0
     w_prime[:, column] = -2.0 * w[:, column]
-    faces = [denormalise(t).numpy() for t in (x, model.decode_image(model.q_attributes(torch.from_numpy(w)).mean),
-                                              model.decode_image(model.q_attributes(torch.from_numpy(w_prime)).mean))]
+    faces = [
+        denormalise(t).numpy()
+        for t in (
+            x,
+            model.decode_image(model.q_attributes(torch.from_numpy(w)).mean),
+            model.decode_image(model.q_attributes(torch.from_numpy(w_prime)).mean),
+        )
+    ]
     tiles = np.stack([*faces, edit_face(*faces)], axis=1).reshape(-1, *faces[0].shape[1:])
     return _upscale(grid(list(tiles), columns=4))
 
@@ -151,50 +173,94 @@ def _upscale(image: np.ndarray, factor: int = 2) -> np.ndarray:
 
 def _markdown(meta: CheckpointMeta, metrics: dict[str, float], names: list[str], crop: str) -> str:
     lines = [
-        "# jmvae evaluation", "",
+        "# jmvae evaluation",
+        "",
         f"Checkpoint trained on `{meta.data.get('name')}` for {meta.epoch} epochs (α = {meta.alpha}); "
-        f"{metrics['examples']} examples, k = {metrics['k']}, N_w = {metrics['n_w']}; faces cropped: {crop}.", "",
-        f"Convention: {CONVENTION}.", "",
-        "| metric | value |", "| --- | --- |",
+        f"{metrics['examples']} examples, k = {metrics['k']}, N_w = {metrics['n_w']}; faces cropped: {crop}.",
+        "",
+        f"Convention: {CONVENTION}.",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
     ]
-    for key in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w", "elbo", "attr_acc_kl",
-                "attr_auc_kl", "attr_acc_majority", "attr_acc_zero", "attr_auc_zero", "attr_acc_served",
-                "attr_auc_served", "vae_log_px_single", "cvae_log_px_given_w", "coherence_auc", "coherence_acc",
-                "attr_auc_classifier", "attr_acc_classifier"):
+    for key in (
+        "log_px_multiple",
+        "log_px_single",
+        "log_pxw",
+        "log_px_given_w",
+        "elbo",
+        "attr_acc_kl",
+        "attr_auc_kl",
+        "attr_acc_majority",
+        "attr_acc_zero",
+        "attr_auc_zero",
+        "attr_acc_served",
+        "attr_auc_served",
+        "vae_log_px_single",
+        "cvae_log_px_given_w",
+        "coherence_auc",
+        "coherence_acc",
+        "attr_auc_classifier",
+        "attr_acc_classifier",
+    ):
         if key in metrics:
             lines.append(f"| {key} | {metrics[key]:.4g} |")
-    lines += ["", "Table 1 of the paper, on these examples (— where a model does not define the quantity):", "",
-              "| model | log p(x) | log p(x\\|w) |", "| --- | --- | --- |",
-              f"| VAE | {_cell(metrics, 'vae_log_px_single')} | — |",
-              f"| CVAE | — | {_cell(metrics, 'cvae_log_px_given_w')} |",
-              f"| JMVAE-kl, q(z\\|x,w) (multiple) | {_cell(metrics, 'log_px_multiple')} | "
-              f"{_cell(metrics, 'log_px_given_w')} |",
-              f"| JMVAE-kl, q(z\\|x) (single) | {_cell(metrics, 'log_px_single')} | — |"]
+    lines += [
+        "",
+        "Table 1 of the paper, on these examples (— where a model does not define the quantity):",
+        "",
+        "| model | log p(x) | log p(x\\|w) |",
+        "| --- | --- | --- |",
+        f"| VAE | {_cell(metrics, 'vae_log_px_single')} | — |",
+        f"| CVAE | — | {_cell(metrics, 'cvae_log_px_given_w')} |",
+        f"| JMVAE-kl, q(z\\|x,w) (multiple) | {_cell(metrics, 'log_px_multiple')} | "
+        f"{_cell(metrics, 'log_px_given_w')} |",
+        f"| JMVAE-kl, q(z\\|x) (single) | {_cell(metrics, 'log_px_single')} | — |",
+    ]
     if "coherence_auc" in metrics:
-        lines += ["", f"Coherence: average faces generated from each example's attributes, scored by the package's "
-                  f"attribute classifier: mean ROC AUC {metrics['coherence_auc']:.3f} (the classifier on the real "
-                  f"images of the same examples: {metrics['attr_auc_classifier']:.3f})."]
+        lines += [
+            "",
+            f"Coherence: average faces generated from each example's attributes, scored by the package's "
+            f"attribute classifier: mean ROC AUC {metrics['coherence_auc']:.3f} (the classifier on the real "
+            f"images of the same examples: {metrics['attr_auc_classifier']:.3f}).",
+        ]
     lines += ["", "| attribute | accuracy | ROC AUC |", "| --- | --- | --- |"]
     lines += [f"| {n} | {metrics[f'attr_acc_kl/{n}']:.3f} | {metrics[f'attr_auc_kl/{n}']:.3f} |" for n in names]
     lines += [
-        "", "## Figures", "",
+        "",
+        "## Figures",
+        "",
         "Figure 1(a): the typical face (first row), then per attribute A the attribute vector `POST /generate` uses"
         " for {A: 2}: A emphasised, every other attribute at its most likely value given A in the training data"
         " (the typical value for checkpoints that predate the pair counts); average face, then random faces"
-        " z = z_mean + σ ⊙ ε.", "", "![Figure 1(a)](fig1a_attribute_faces.png)", "",
+        " z = z_mean + σ ⊙ ε.",
+        "",
+        "![Figure 1(a)](fig1a_attribute_faces.png)",
+        "",
     ]
     if any(key.startswith("fig1a_") for key in metrics):
-        lines += ["Figure 1(a) scored by the classifier: its probability of A on the typical face and on the row's"
-                  " average face, and the share of the row's random faces it reads as having A.", "",
-                  "| attribute | typical face | average face | random faces |", "| --- | --- | --- | --- |"]
-        lines += [f"| {name} | {metrics[f'fig1a_typical_p/{name}']:.2f} | {metrics[f'fig1a_average_p/{name}']:.2f} | "
-                  f"{metrics[f'fig1a_random_share/{name}']:.2f} |"
-                  for name in FIGURE_ATTRIBUTES if f"fig1a_average_p/{name}" in metrics]
+        lines += [
+            "Figure 1(a) scored by the classifier: its probability of A on the typical face and on the row's"
+            " average face, and the share of the row's random faces it reads as having A.",
+            "",
+            "| attribute | typical face | average face | random faces |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {name} | {metrics[f'fig1a_typical_p/{name}']:.2f} | {metrics[f'fig1a_average_p/{name}']:.2f} | "
+            f"{metrics[f'fig1a_random_share/{name}']:.2f} |"
+            for name in FIGURE_ATTRIBUTES
+            if f"fig1a_average_p/{name}" in metrics
+        ]
         lines.append("")
     lines += [
-        "Figure 1(b): the first two principal components of the means of q(z|x), red where Male.", "",
-        "![Figure 1(b)](fig1b_latent_pca.png)", "",
-        "Figure 2: input x, x_mean, x′_mean with Smiling toggled, and x′ = x + x′_mean − x_mean.", "",
-        "![Figure 2](fig2_edit.png)", "",
+        "Figure 1(b): the first two principal components of the means of q(z|x), red where Male.",
+        "",
+        "![Figure 1(b)](fig1b_latent_pca.png)",
+        "",
+        "Figure 2: input x, x_mean, x′_mean with Smiling toggled, and x′ = x + x′_mean − x_mean.",
+        "",
+        "![Figure 2](fig2_edit.png)",
+        "",
     ]
     return "\n".join(lines)

@@ -16,6 +16,9 @@ def load_dataset(config: TrainConfig) -> FaceDataset:
         s = config.synthetic
         return synthetic_dataset(s.n_train, s.n_val, s.n_test, seed=s.seed, image_size=config.model.image_size)
     return load_celeba(
-        Path(config.data), config.preprocessing, config.resolved_cache_dir(), workers=config.workers,
+        Path(config.data),
+        config.preprocessing,
+        config.resolved_cache_dir(),
+        workers=config.workers,
         progress=config.progress,
     )

@@ -181,8 +181,12 @@ def _draw_face(
         if a["Narrow_Eyes"]:
             draw.ellipse(box(x - 2.7, ey - 0.55, x + 2.7, ey + 0.55), fill=(40, 30, 28))
         else:
-            draw.ellipse(box(x - 2.7, ey - 1.6, x + 2.7, ey + 1.6), fill=_EYE_RGB,
-                         outline=(20, 15, 15) if a["Heavy_Makeup"] else None, width=px(0.6))
+            draw.ellipse(
+                box(x - 2.7, ey - 1.6, x + 2.7, ey + 1.6),
+                fill=_EYE_RGB,
+                outline=(20, 15, 15) if a["Heavy_Makeup"] else None,
+                width=px(0.6),
+            )
             draw.ellipse(box(x - 1.3, ey - 1.3, x + 1.3, ey + 1.3), fill=ink["iris"])
         if a["Bushy_Eyebrows"]:
             draw.line([pt(x - 3.8, ey - 4.6), pt(x + 3.8, ey - 4.6)], fill=ink["brow"], width=px(2.8))
@@ -208,8 +212,17 @@ def _draw_face(
     else:
         draw.line([pt(-4.5, my), pt(4.5, my)], fill=ink["lips"], width=px(1.8))
     if a["Mustache"]:
-        draw.polygon([pt(-6.5, my - 2.4), pt(-1.2, my - 4.4), pt(1.2, my - 4.4), pt(6.5, my - 2.4),
-                      pt(5.5, my - 1.6), pt(-5.5, my - 1.6)], fill=beard)
+        draw.polygon(
+            [
+                pt(-6.5, my - 2.4),
+                pt(-1.2, my - 4.4),
+                pt(1.2, my - 4.4),
+                pt(6.5, my - 2.4),
+                pt(5.5, my - 1.6),
+                pt(-5.5, my - 1.6),
+            ],
+            fill=beard,
+        )
 
     if has_hair:
         draw.chord(box(-hw - 1.5, -hh - 2.5, hw + 1.5, -hh + 12.5), 180, 360, fill=hair)  # cap down to hairline
@@ -273,10 +286,24 @@ def render_faces(attributes: np.ndarray, rng: np.random.Generator, image_size: i
     lips = np.where(on["Wearing_Lipstick"][:, None], lipstick, natural_lips)
 
     colours = {
-        "background": background, "skin": skin, "neck": 0.85 * skin, "shade": 0.72 * skin,
-        "shine": 1.08 * skin + 12, "cheek": 0.55 * skin + 0.45 * _BLUSH_RGB, "hair": hair, "brow": brow,
-        "thin_brow": 0.5 * (brow + skin), "beard": beard, "lips": lips, "shirt": shirt, "tie": tie, "hat": hat,
-        "brim": 0.75 * hat, "makeup": makeup, "iris": iris, "frame": frame,
+        "background": background,
+        "skin": skin,
+        "neck": 0.85 * skin,
+        "shade": 0.72 * skin,
+        "shine": 1.08 * skin + 12,
+        "cheek": 0.55 * skin + 0.45 * _BLUSH_RGB,
+        "hair": hair,
+        "brow": brow,
+        "thin_brow": 0.5 * (brow + skin),
+        "beard": beard,
+        "lips": lips,
+        "shirt": shirt,
+        "tie": tie,
+        "hat": hat,
+        "brim": 0.75 * hat,
+        "makeup": makeup,
+        "iris": iris,
+        "frame": frame,
     }
     # Converted in bulk: per-face numpy calls inside the loop would cost more than the drawing itself.
     inks = {k: list(map(tuple, np.clip(np.rint(v), 0, 255).astype(np.uint8).tolist())) for k, v in colours.items()}

@@ -17,6 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from jmvae.model.baselines import create_model
 from jmvae.model.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -26,7 +27,6 @@ from jmvae.model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from jmvae.model.baselines import create_model
 from jmvae.model.gan import Discriminator, discriminator_loss, generator_terms
 from jmvae.model.preprocess import normalise
 
@@ -68,8 +68,9 @@ def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return min(1.0, step / (steps_per_epoch * config.warmup_epochs))
 
 
-def _optimizer_to_checkpoint(optimizer: torch.optim.Optimizer, prefix: str = "optimizer"
-                             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_to_checkpoint(
+    optimizer: torch.optim.Optimizer, prefix: str = "optimizer"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -83,7 +84,9 @@ def _optimizer_to_checkpoint(optimizer: torch.optim.Optimizer, prefix: str = "op
 
 
 def _optimizer_from_checkpoint(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    saved: dict[str, Any],
     prefix: str = "optimizer",
 ) -> None:
     state: dict[int, dict[str, Any]] = {}
@@ -166,8 +169,9 @@ class Trainer:
             if self.ctx.enabled:
                 raise ValueError("--gan trains in one process; run it without torchrun")
             self.discriminator = Discriminator(config.model).to(device)
-            self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.gan.lr,
-                                                betas=config.gan.adam_betas)
+            self.d_optimizer = torch.optim.Adam(
+                self.discriminator.parameters(), lr=config.gan.lr, betas=config.gan.adam_betas
+            )
         self.epoch = 0  # completed epochs
         self.step = 0  # optimiser steps taken
         self.metrics: dict[str, float] = {}
@@ -220,10 +224,16 @@ class Trainer:
         self.model.load_state_dict(checkpoint.model_state)
         _optimizer_from_checkpoint(self.optimizer, checkpoint.state_tensors, checkpoint.state_json)
         if self.discriminator is not None:
-            self.discriminator.load_state_dict({k.removeprefix("discriminator."): v for k, v in
-                                                checkpoint.state_tensors.items() if k.startswith("discriminator.")})
-            _optimizer_from_checkpoint(self.d_optimizer, checkpoint.state_tensors, checkpoint.state_json["discriminator"],
-                                       "d_optimizer")
+            self.discriminator.load_state_dict(
+                {
+                    k.removeprefix("discriminator."): v
+                    for k, v in checkpoint.state_tensors.items()
+                    if k.startswith("discriminator.")
+                }
+            )
+            _optimizer_from_checkpoint(
+                self.d_optimizer, checkpoint.state_tensors, checkpoint.state_json["discriminator"], "d_optimizer"
+            )
         self.epoch = checkpoint.state_json["epoch"]
         self.step = checkpoint.state_json["step"]
         self.metrics = dict(checkpoint.meta.metrics)
@@ -282,8 +292,12 @@ class Trainer:
         if self.discriminator is not None:
             self.discriminator.train()
         bar = tqdm(
-            total=self.steps_per_epoch, initial=first, desc=f"epoch {self.epoch + 1}/{config.epochs}",
-            disable=not (config.progress and ctx.is_main), dynamic_ncols=True, leave=False,
+            total=self.steps_per_epoch,
+            initial=first,
+            desc=f"epoch {self.epoch + 1}/{config.epochs}",
+            disable=not (config.progress and ctx.is_main),
+            dynamic_ncols=True,
+            leave=False,
         )
         window: dict[str, float] = {}
         window_steps, window_start = 0, time.perf_counter()
@@ -298,11 +312,14 @@ class Trainer:
             generator.manual_seed(step_seed(config.seed, ctx.rank, self.step))
             if config.hflip or config.shift or config.jitter_scale or config.jitter_shift:
                 x = augment(x, generator, config.hflip, config.shift, config.jitter_scale, config.jitter_shift)
-            autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext())
+            autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
             with autocast:
                 terms = model(x, w, alpha=config.alpha, beta=beta, generator=generator)
-                adversarial = (generator_terms(self.model, self.discriminator, w, generator)
-                               if self.discriminator is not None else None)
+                adversarial = (
+                    generator_terms(self.model, self.discriminator, w, generator)
+                    if self.discriminator is not None
+                    else None
+                )
             loss = terms.loss
             if adversarial is not None and config.gan is not None:
                 loss = loss + config.gan.weight * adversarial.generator_loss
@@ -311,8 +328,10 @@ class Trainer:
             self.optimizer.step()
             values = terms.as_floats()
             if adversarial is not None:
-                values |= {"g_adv": float(adversarial.generator_loss.detach()), **self._discriminator_step(
-                    x, adversarial.fakes.detach(), autocast)}
+                values |= {
+                    "g_adv": float(adversarial.generator_loss.detach()),
+                    **self._discriminator_step(x, adversarial.fakes.detach(), autocast),
+                }
             self.step += 1
             if not math.isfinite(values["loss"]):
                 raise FloatingPointError(f"loss became {values['loss']} at step {self.step}; lower --lr?")
@@ -323,10 +342,15 @@ class Trainer:
             if window_steps == config.log_every or index == self.steps_per_epoch - 1:
                 elapsed = time.perf_counter() - window_start
                 record = {name: value / window_steps for name, value in window.items()}
-                record |= {"beta": beta, "lr": learning_rate(config, self.step - 1, self.total_steps),
-                           "images_per_s": window_steps * config.batch_size / elapsed, "processes": ctx.world_size}
-                bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "log_px", "log_pw", "kl_prior",
-                                                                  "images_per_s")})
+                record |= {
+                    "beta": beta,
+                    "lr": learning_rate(config, self.step - 1, self.total_steps),
+                    "images_per_s": window_steps * config.batch_size / elapsed,
+                    "processes": ctx.world_size,
+                }
+                bar.set_postfix(
+                    {k: f"{record[k]:.4g}" for k in ("loss", "log_px", "log_pw", "kl_prior", "images_per_s")}
+                )
                 self._log({"kind": "train", "epoch": self.epoch + 1, "step": self.step} | record)
                 window, window_steps, window_start = {}, 0, time.perf_counter()
             if any_rank(stop.signum is not None, ctx, self.device):
@@ -350,14 +374,34 @@ class Trainer:
             return
         started = time.perf_counter()
         self.metrics = evaluate(
-            self.model, val, self.prevalence, self.config.alpha, k=self.config.val_k, n_w=self.config.val_n_w,
-            max_examples=self.config.val_max_examples, seed=self.config.seed,
+            self.model,
+            val,
+            self.prevalence,
+            self.config.alpha,
+            k=self.config.val_k,
+            n_w=self.config.val_n_w,
+            max_examples=self.config.val_max_examples,
+            seed=self.config.seed,
         )
-        self._log({"kind": "val", "epoch": self.epoch, "step": self.step,
-                   "seconds": time.perf_counter() - started} | self.metrics)
+        self._log(
+            {"kind": "val", "epoch": self.epoch, "step": self.step, "seconds": time.perf_counter() - started}
+            | self.metrics
+        )
         if self.config.progress:
-            tqdm.write(f"epoch {self.epoch}: " + ", ".join(
-                f"{k}={v:.4g}" for k, v in self.metrics.items()
-                if k in ("elbo", "log_pxw", "log_px_single", "attr_acc_kl", "attr_auc_kl", "attr_auc_classifier",
-                         "attr_acc_majority")
-            ))
+            tqdm.write(
+                f"epoch {self.epoch}: "
+                + ", ".join(
+                    f"{k}={v:.4g}"
+                    for k, v in self.metrics.items()
+                    if k
+                    in (
+                        "elbo",
+                        "log_pxw",
+                        "log_px_single",
+                        "attr_acc_kl",
+                        "attr_auc_kl",
+                        "attr_auc_classifier",
+                        "attr_acc_majority",
+                    )
+                )
+            )

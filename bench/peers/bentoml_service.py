@@ -57,8 +57,9 @@ class Front:
         return self.pipeline.attributes_body(face, row)
 
     @bentoml.api
-    async def generate(self, attributes: dict[str, float] | None = None, n: int = 4, zeta: float = 1.0,
-                       seed: int | None = None) -> dict[str, Any]:
+    async def generate(
+        self, attributes: dict[str, float] | None = None, n: int = 4, zeta: float = 1.0, seed: int | None = None
+    ) -> dict[str, Any]:
         try:
             job = self.pipeline.generate_job({"attributes": attributes or {}, "n": n, "zeta": zeta, "seed": seed})
         except BadRequest as e:

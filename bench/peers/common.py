@@ -69,5 +69,7 @@ class Pipeline:
     def generate(self, jobs: Sequence[GenerateJob]) -> list[dict[str, Any]]:
         """One forward pass for the batch; the JSON body of POST /generate (faces as base64 PNGs) for each job."""
         generated = self.engine.generate_batch(jobs)
-        return [self.core.generate_response(Generation(job, g)).model_dump(mode="json")
-                for job, g in zip(jobs, generated, strict=True)]
+        return [
+            self.core.generate_response(Generation(job, g)).model_dump(mode="json")
+            for job, g in zip(jobs, generated, strict=True)
+        ]

@@ -16,8 +16,8 @@ import litserve as ls
 from fastapi import HTTPException
 
 from bench.peers.common import MAX_BATCH_SIZE, BadRequest, Pipeline
-from jmvae.service.engine import GenerateJob
 from jmvae.model.faces import FaceCrop
+from jmvae.service.engine import GenerateJob
 from jmvae.service.images import ImageRejected
 
 # LitServe's batch_timeout. Not 0, as ours is: at 0 its worker polls an empty queue without blocking, a core's
@@ -67,7 +67,10 @@ def main() -> None:
     batching = {"max_batch_size": MAX_BATCH_SIZE, "batch_timeout": BATCH_TIMEOUT_S}
     server = ls.LitServer(
         [AttributesAPI(api_path="/attributes", **batching), GenerateAPI(api_path="/generate", **batching)],
-        accelerator="auto", workers_per_device=1, timeout=60, fast_queue=True,  # ZeroMQ: its faster transport
+        accelerator="auto",
+        workers_per_device=1,
+        timeout=60,
+        fast_queue=True,  # ZeroMQ: its faster transport
     )
     server.run(host="127.0.0.1", port=int(sys.argv[1]), num_api_servers=1, generate_client_file=False)
 

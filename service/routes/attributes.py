@@ -12,8 +12,13 @@ from ..schemas import AttributesResponse
 router = APIRouter(route_class=StandardJSONRoute)
 
 
-@router.post("/attributes", tags=["model"], summary="Face photo → attribute probabilities",
-             response_model=AttributesResponse, responses=errors(401, 413, 415, 422, 503),
-             openapi_extra=multipart(image=IMAGE_PART, box=BOX_PART))
+@router.post(
+    "/attributes",
+    tags=["model"],
+    summary="Face photo → attribute probabilities",
+    response_model=AttributesResponse,
+    responses=errors(401, 413, 415, 422, 503),
+    openapi_extra=multipart(image=IMAGE_PART, box=BOX_PART),
+)
 async def attributes(core: CoreDep, upload: UploadDep) -> AttributesResponse:
     return await core.attributes(upload.photo, upload.box)

@@ -10,15 +10,20 @@ from starlette.concurrency import run_in_threadpool
 from ..bodies import StandardJSONRoute
 from ..deps import CoreDep, EditUploadDep
 from ..encoding import accepted_image_type, encode_image
-from ..openapi import BOX_PART, CHANGES_PART, IMAGE_PART, IMAGE_RESPONSE, errors, multipart
+from ..openapi import BOX_PART, CHANGES_PART, IMAGE_OK, IMAGE_PART, errors, multipart
 from ..schemas import EditResponse
 
 router = APIRouter(route_class=StandardJSONRoute)
 
 
-@router.post("/edit", tags=["model"], summary="Face photo + attribute changes → edited face",
-             response_model=EditResponse, responses={200: IMAGE_RESPONSE} | errors(401, 413, 415, 422, 503),
-             openapi_extra=multipart(image=IMAGE_PART, changes=CHANGES_PART, box=BOX_PART))
+@router.post(
+    "/edit",
+    tags=["model"],
+    summary="Face photo + attribute changes → edited face",
+    response_model=EditResponse,
+    responses=IMAGE_OK | errors(401, 413, 415, 422, 503),
+    openapi_extra=multipart(image=IMAGE_PART, changes=CHANGES_PART, box=BOX_PART),
+)
 async def edit(request: Request, core: CoreDep, upload: EditUploadDep) -> Any:
     edited = await core.edit(upload.photo, upload.changes, upload.box)
     if media_type := accepted_image_type(request.headers.get("accept", "")):

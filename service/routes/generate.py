@@ -12,14 +12,19 @@ from jmvae.model.render import grid
 from ..bodies import StandardJSONRoute
 from ..deps import CoreDep
 from ..encoding import accepted_image_type, encode_image
-from ..openapi import IMAGE_RESPONSE, errors
+from ..openapi import IMAGE_OK, errors
 from ..schemas import GenerateRequest, GenerateResponse
 
 router = APIRouter(route_class=StandardJSONRoute)
 
 
-@router.post("/generate", tags=["model"], summary="Attributes → average face and random faces",
-             response_model=GenerateResponse, responses={200: IMAGE_RESPONSE} | errors(401, 413, 422, 503))
+@router.post(
+    "/generate",
+    tags=["model"],
+    summary="Attributes → average face and random faces",
+    response_model=GenerateResponse,
+    responses=IMAGE_OK | errors(401, 413, 422, 503),
+)
 async def generate(request: Request, core: CoreDep, body: GenerateRequest) -> Any:
     generation = await core.generate(body)
     # Encoding images is CPU work: off the event loop, like decoding.

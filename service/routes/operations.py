@@ -31,8 +31,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["operations"], summary="Readiness: checkpoint loaded and warmed up (503 before)",
-            responses={503: ERRORS[503]})
+@router.get(
+    "/readyz",
+    tags=["operations"],
+    summary="Readiness: checkpoint loaded and warmed up (503 before)",
+    responses={503: ERRORS[503]},
+)
 async def readyz(engine: EngineDep) -> JSONResponse:
     if not engine.ready:
         return error_response(503, "not_ready", "the model is warming up", {"Retry-After": "1"})
@@ -40,7 +44,12 @@ async def readyz(engine: EngineDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "worker": os.getpid()})
 
 
-@router.get("/metrics", tags=["operations"], summary="Prometheus metrics",
-            response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
 async def prometheus(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
