@@ -1,23 +1,20 @@
 import pytest
 import torch
+from tiny_configs import TINY_MODEL
 
 from jmvae.model.config import ModelConfig
 from jmvae.model.jmvae import JMVAE
 
-TINY = ModelConfig(
-    image_size=16, n_attributes=40, latent_dim=6, conv_channels=(8, 16), dense_units=32, attribute_units=16
-)
-
 
 @pytest.fixture
 def tiny_config() -> ModelConfig:
-    return TINY
+    return TINY_MODEL
 
 
 @pytest.fixture
 def tiny_model() -> JMVAE:
     torch.manual_seed(0)
-    return JMVAE(TINY)
+    return JMVAE(TINY_MODEL)
 
 
 @pytest.fixture

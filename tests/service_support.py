@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import uvicorn
 from PIL import Image
+from tiny_configs import write_tiny_run
 
 from bench.processes import free_port
 from jmvae.cli import main as jmvae_main
@@ -21,12 +22,7 @@ from jmvae.service.settings import Settings
 
 def train_tiny_checkpoint(out: Path) -> Path:
     """A real checkpoint from the real trainer: 32×32 synthetic faces, a few seconds on CPU."""
-    config = out / "tiny.toml"
-    config.write_text(
-        "batch_size = 50\nwarmup_epochs = 1\nval_k = 2\nval_n_w = 2\nval_max_examples = 50\nprogress = false\n"
-        "[model]\nimage_size = 32\nlatent_dim = 8\nconv_channels = [8, 16, 16]\ndense_units = 32\n"
-        "attribute_units = 16\n[preprocessing]\nimage_size = 32\n[synthetic]\nn_train = 200\nn_val = 50\nn_test = 0\n"
-    )
+    config = write_tiny_run(out / "tiny.toml")
     assert jmvae_main(["train", "--data", "synthetic", "--out", str(out / "run"), "--config", str(config),
                        "--epochs", "2"]) == 0
     return out / "run" / "final.safetensors"

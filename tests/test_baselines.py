@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_configs import write_tiny_run
 
 from jmvae.model.baselines import CVAE, VAE, create_model
 from jmvae.model.bounds import cvae_log_px_given_w, vae_log_px
@@ -49,12 +50,7 @@ def test_baseline_bounds_tighten_with_k(tiny_config: ModelConfig, batch) -> None
 @pytest.mark.parametrize("kind, key", [("vae", "log_px_single"), ("cvae", "log_px_given_w"),
                                        ("classifier", "attr_auc_classifier")])
 def test_train_and_eval_a_baseline(tmp_path: Path, kind: str, key: str, capsys) -> None:
-    config = tmp_path / "tiny.toml"
-    config.write_text(
-        "batch_size = 50\nval_k = 2\nval_max_examples = 50\nprogress = false\n[model]\nimage_size = 32\n"
-        "latent_dim = 8\nconv_channels = [8, 16, 16]\ndense_units = 32\nattribute_units = 16\n"
-        "[preprocessing]\nimage_size = 32\n[synthetic]\nn_train = 100\nn_val = 50\nn_test = 0\n"
-    )
+    config = write_tiny_run(tmp_path / "tiny.toml", synthetic={"n_train": 100})
     out = tmp_path / kind
     assert main(["train", "--data", "synthetic", "--out", str(out), "--config", str(config), "--epochs", "1",
                  "--model", kind]) == 0

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_configs import write_tiny_run
 
 from jmvae.model.checkpoint import read_checkpoint
 from jmvae.model.config import ModelConfig
@@ -13,29 +14,8 @@ from jmvae.model.jmvae import JMVAE
 from jmvae.cli import main
 from jmvae.training.metrics import unknown
 
-CONFIG = """
-batch_size = 50
-warmup_epochs = 1
-val_k = 2
-val_n_w = 2
-val_max_examples = 50
-log_every = 1
-progress = false
-[model]
-image_size = 32
-latent_dim = 8
-conv_channels = [8, 16, 16]
-dense_units = 32
-attribute_units = 16
-[preprocessing]
-image_size = 32
-[synthetic]
-n_train = 150
-n_val = 50
-n_test = 0
-[gan]
-weight = 50.0
-"""
+# The tiny run with the paper's discriminator, its terms weighted 50.
+GAN_RUN = {"log_every": 1, "synthetic": {"n_train": 150}, "gan": {"weight": 50.0}}
 
 
 def test_adversarial_terms_reach_the_decoder_and_the_discriminator(tiny_config: ModelConfig, batch) -> None:
@@ -54,9 +34,7 @@ def test_adversarial_terms_reach_the_decoder_and_the_discriminator(tiny_config: 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("gan") / "gan.toml"
-    path.write_text(CONFIG)
-    return path
+    return write_tiny_run(tmp_path_factory.mktemp("gan") / "gan.toml", GAN_RUN)
 
 
 def _train(out: Path, config: Path, *extra: str) -> int:
@@ -90,8 +68,7 @@ def test_gan_training_logs_the_discriminator_and_resumes_exactly(tmp_path: Path,
 
 
 def test_gan_changes_the_decoder(tmp_path: Path, config: Path) -> None:
-    plain = tmp_path / "plain.toml"
-    plain.write_text(CONFIG.split("[gan]")[0])
+    plain = write_tiny_run(tmp_path / "plain.toml", GAN_RUN, gan=None)
     assert main(["train", "--data", "synthetic", "--out", str(tmp_path / "plain"), "--config", str(plain),
                  "--epochs", "1"]) == 0
     assert _train(tmp_path / "gan", config, "--epochs", "1") == 0

@@ -78,9 +78,9 @@ def test_log_likelihoods_sum_over_every_value(tiny_model: JMVAE, batch) -> None:
     torch.testing.assert_close(tiny_model.attribute_log_likelihood(w, logits), expected_w)
 
 
-def test_learned_sigma_is_a_parameter_with_a_floor(batch) -> None:
-    config = ModelConfig(image_size=16, conv_channels=(8, 16), dense_units=32, attribute_units=16, latent_dim=6,
-                         image_likelihood="gaussian-learned", image_sigma=0.2, min_image_sigma=0.05)
+def test_learned_sigma_is_a_parameter_with_a_floor(tiny_config: ModelConfig, batch) -> None:
+    config = ModelConfig.model_validate(tiny_config.model_dump() | {
+        "image_likelihood": "gaussian-learned", "image_sigma": 0.2, "min_image_sigma": 0.05})
     model = JMVAE(config)
     assert "image_likelihood.log_sigma" in dict(model.named_parameters())
     x, _ = batch

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_configs import write_tiny_run
 
 from jmvae.model.checkpoint import Checkpoint, load_model, read_checkpoint, save_checkpoint
 from jmvae.model.preprocess import normalise
@@ -22,34 +23,15 @@ from jmvae.training.metrics import FIELDS, unknown
 from jmvae.training.report import FIGURE_ATTRIBUTES
 from jmvae.training.synthetic import RENDERED_ATTRIBUTES, synthetic_dataset
 
-TINY = """
-batch_size = 50
-warmup_epochs = 1
-val_k = 3
-val_n_w = 3
-val_max_examples = 100
-log_every = 2
-progress = false
-[model]
-image_size = 32
-latent_dim = 16
-conv_channels = [16, 32, 32]
-dense_units = 128
-attribute_units = 64
-[preprocessing]
-image_size = 32
-[synthetic]
-n_train = 300
-n_val = 100
-n_test = 0
-"""
+# The tiny run, wider (steps of an epoch: 300 / 50 = 6) and with room to learn the attributes.
+TRAINING = {"val_k": 3, "val_n_w": 3, "val_max_examples": 100, "log_every": 2,
+            "model": {"latent_dim": 16, "conv_channels": [16, 32, 32], "dense_units": 128, "attribute_units": 64},
+            "synthetic": {"n_train": 300, "n_val": 100}}
 
 
 @pytest.fixture(scope="module")
 def tiny_toml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "tiny.toml"
-    path.write_text(TINY)
-    return path
+    return write_tiny_run(tmp_path_factory.mktemp("config") / "tiny.toml", TRAINING)
 
 
 def _train(out: Path, config: Path, *extra: str) -> int:
@@ -123,12 +105,12 @@ def test_eval_command(reference_run: Path, capsys) -> None:
     assert 0 <= report["attr_acc_kl"] <= 1 and not unknown(report)
 
 
-@pytest.mark.parametrize("augmentation", ["hflip = true", "jitter_scale = 0.07\njitter_shift = 0.016"])
-def test_augmentation_changes_training_but_stays_reproducible(tmp_path: Path, tiny_toml: Path, augmentation: str
+@pytest.mark.parametrize("augmentation", [{"hflip": True}, {"jitter_scale": 0.07, "jitter_shift": 0.016}],
+                         ids=["hflip", "jitter"])
+def test_augmentation_changes_training_but_stays_reproducible(tmp_path: Path, tiny_toml: Path, augmentation: dict
                                                               ) -> None:
     for name in ("a", "b"):
-        config = tmp_path / f"{name}.toml"
-        config.write_text(augmentation + "\n" + TINY)  # top-level keys before the first [table]
+        config = write_tiny_run(tmp_path / f"{name}.toml", TRAINING, augmentation)
         assert _train(tmp_path / name, config, "--epochs", "1") == 0
     _assert_same_weights(tmp_path / "a" / "final.safetensors", tmp_path / "b" / "final.safetensors")
     flipped = _weights(tmp_path / "a" / "final.safetensors")["joint_encoder.head.linear.weight"]
@@ -166,8 +148,7 @@ def test_shift_moves_each_face_by_at_most_shift_pixels_and_stays_reproducible(tm
         assert found, "every output is a crop of its own padded face"
         offsets.add(found[0])
     assert len(offsets) > 10  # offsets are drawn per face, not per batch
-    config = tmp_path / "shift.toml"
-    config.write_text("shift = 3\n" + TINY)
+    config = write_tiny_run(tmp_path / "shift.toml", TRAINING, shift=3)
     assert _train(tmp_path / "a", config, "--epochs", "1") == 0
     assert _train(tmp_path / "b", config, "--epochs", "1") == 0
     _assert_same_weights(tmp_path / "a" / "final.safetensors", tmp_path / "b" / "final.safetensors")
@@ -271,9 +252,9 @@ def test_sigkill_mid_epoch_resumes_from_the_last_epoch_and_matches(tmp_path: Pat
 
 
 def test_image_to_attribute_accuracy_beats_majority(tmp_path: Path) -> None:
-    config = tmp_path / "more-data.toml"
     # σ = 0.3 weighs the image term less than the default, so 8 short epochs leave room for the attributes.
-    config.write_text(TINY.replace("n_train = 300", "n_train = 2000").replace("[model]", "[model]\nimage_sigma = 0.3"))
+    config = write_tiny_run(tmp_path / "more-data.toml", TRAINING, synthetic={"n_train": 2000},
+                            model={"image_sigma": 0.3})
     out = tmp_path / "run"
     assert _train(out, config, "--epochs", "8") == 0
     model, meta = load_model(out / "final.safetensors")
@@ -309,8 +290,7 @@ def test_ddp_two_gloo_processes(tmp_path: Path, tiny_toml: Path) -> None:
 def companions(tmp_path_factory: pytest.TempPathFactory, tiny_toml: Path) -> dict[str, Path]:
     """The attribute classifier and the Table 1 baselines, trained by the package on the same data."""
     out = tmp_path_factory.mktemp("companions")
-    more_data = out / "more-data.toml"
-    more_data.write_text(TINY.replace("n_train = 300", "n_train = 2000"))
+    more_data = write_tiny_run(out / "more-data.toml", TRAINING, synthetic={"n_train": 2000})
     for kind, config, epochs in (("classifier", more_data, "3"), ("vae", tiny_toml, "1"), ("cvae", tiny_toml, "1")):
         assert _train(out / kind, config, "--epochs", epochs, "--model", kind) == 0
     return {kind: out / kind / "final.safetensors" for kind in ("classifier", "vae", "cvae")}
