@@ -107,16 +107,49 @@ def test_eval_command(reference_run: Path, capsys) -> None:
 
 @pytest.mark.parametrize("augmentation", [{"hflip": True}, {"jitter_scale": 0.07, "jitter_shift": 0.016}],
                          ids=["hflip", "jitter"])
-def test_augmentation_changes_training_but_stays_reproducible(tmp_path: Path, tiny_toml: Path, augmentation: dict
-                                                              ) -> None:
+def test_augmentation_changes_training_but_stays_reproducible(tmp_path: Path, tiny_toml: Path, augmentation: dict,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the trainer's batches became: each face's output is its input (True), its mirror image (False), or
+    # neither (None); faces that are their own mirror image say nothing and are left out.
+    seen: list[bool | None] = []
+
+    def watched(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        out = augment(x, *args, **kwargs)
+        seen.extend(torch.equal(o, f) if torch.equal(o, f) or torch.equal(o, f.flip(-1)) else None
+                    for o, f in zip(out, x) if not torch.equal(f, f.flip(-1)))
+        return out
+
+    monkeypatch.setattr("jmvae.training.trainer.augment", watched)
     for name in ("a", "b"):
         config = write_tiny_run(tmp_path / f"{name}.toml", TRAINING, augmentation)
         assert _train(tmp_path / name, config, "--epochs", "1") == 0
+    if "hflip" in augmentation:  # a share of the faces mirrored, the others as they were, nothing else
+        assert None not in seen and True in seen and False in seen, seen
+    else:  # jitter re-frames every face
+        assert seen and set(seen) == {None}, seen
     _assert_same_weights(tmp_path / "a" / "final.safetensors", tmp_path / "b" / "final.safetensors")
     flipped = _weights(tmp_path / "a" / "final.safetensors")["joint_encoder.head.linear.weight"]
     plain_run = tmp_path / "plain"
     assert _train(plain_run, tiny_toml, "--epochs", "1") == 0
     assert not torch.equal(flipped, _weights(plain_run / "final.safetensors")["joint_encoder.head.linear.weight"])
+
+
+def test_hflip_mirrors_a_random_share_of_the_faces_and_leaves_the_others_as_they_were() -> None:
+    faces = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert not any(torch.equal(f, f.flip(-1)) or torch.equal(f, f.flip(-2)) for f in faces)  # no face is symmetric
+
+    def mirrored(seed: int) -> list[bool]:
+        out = augment(faces, torch.Generator().manual_seed(seed), hflip=True, shift=0)
+        assert out.shape == faces.shape
+        flipped = [torch.equal(o, f.flip(-1)) for o, f in zip(out, faces)]  # left-right, not upside down
+        kept = [torch.equal(o, f) for o, f in zip(out, faces)]
+        assert all(a != b for a, b in zip(flipped, kept)), "every face comes out as itself or its mirror image"
+        return flipped
+
+    chosen = mirrored(0)
+    assert 16 <= sum(chosen) <= 48, chosen  # about half, each face drawn on its own
+    assert mirrored(0) == chosen and mirrored(1) != chosen  # the step's generator decides which
+    assert torch.equal(augment(faces, torch.Generator().manual_seed(0), hflip=False, shift=0), faces)
 
 
 def test_jitter_reframes_each_face_within_its_range_and_stays_reproducible() -> None:
