@@ -1,6 +1,7 @@
 """The training command end to end on synthetic data: checkpoints, reproducibility, resume, signals, DDP."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -101,7 +102,7 @@ def test_eval_command(reference_run: Path, capsys) -> None:
     report = json.loads(capsys.readouterr().out)
     assert report["examples"] == 40 and "summed over all" in report["convention"]
     for key in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w", "attr_acc_kl", "attr_acc_majority"):
-        assert isinstance(report[key], float), key
+        assert isinstance(report[key], float) and math.isfinite(report[key]), (key, report[key])
     assert 0 <= report["attr_acc_kl"] <= 1 and not unknown(report)
 
 
@@ -340,7 +341,7 @@ def test_eval_report_writes_every_key_and_figure(reference_run: Path, companions
     for key in ("log_px_multiple", "log_px_single", "log_px_given_w", "log_pxw", "attr_acc_kl",
                 "attr_auc_kl", "attr_acc_majority", "attr_auc_kl/Smiling", "attr_acc_kl/Male", "vae_log_px_single",
                 "cvae_log_px_given_w", "coherence_auc", "coherence_acc", "attr_auc_classifier"):
-        assert isinstance(metrics[key], float), key
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), (key, metrics[key])
     assert not unknown(metrics)  # every name in training/metrics.py
     # The judge must be able to judge: it reads the 21 rendered attributes off real synthetic faces (the other 19
     # are noise, at 0.5).
