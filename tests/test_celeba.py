@@ -218,16 +218,21 @@ def test_second_load_reuses_cache_without_decoding(root: Path, tmp_path: Path, m
 
 def test_key_changes_with_annotations_images_and_preprocessing(root: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    base = _load(root, cache).content_key
+    loaded = _load(root, cache)
+    base, before = loaded.content_key, {name: np.array(split.attributes) for name, split in loaded.splits.items()}
     assert _load(root, cache, preprocessing=Preprocessing(image_size=8)).content_key != base
 
     first = _attributes()[NAMES.index(WRITTEN[0])]  # line 3 of list_attr
     _edit_line(root / ATTR, 3, _replace_token(1, str(-first[0])))
     flipped = _load(root, cache)
     assert flipped.content_key != base
-    assert WRITTEN[0] == NAMES[-1] and PARTITION[-1] == 0  # the last train row in filename order
-    assert flipped.splits["train"].attributes[-1, 0] == -first[0]
-    np.testing.assert_array_equal(flipped.splits["train"].attributes[-1, 1:], first[1:])
+    # Exactly that one value changes, in that image's row: its place among the train images in filename order.
+    row = [name for name, part in zip(NAMES, PARTITION) if part == 0].index(WRITTEN[0])
+    np.testing.assert_array_equal(before["train"][row], first)
+    expected = before["train"].copy()
+    expected[row, 0] = -first[0]
+    np.testing.assert_array_equal(flipped.splits["train"].attributes, expected)
+    np.testing.assert_array_equal(flipped.splits["val"].attributes, before["val"])
 
     with open(root / "img_align_celeba" / NAMES[3], "ab") as file:
         file.write(b"\0")  # a different size: a re-encoded or replaced image
