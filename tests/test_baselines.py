@@ -15,6 +15,7 @@ from jmvae.cli import main
 from jmvae.training.metrics import unknown
 
 
+@pytest.mark.unit
 def test_baselines_share_the_networks(tiny_config: ModelConfig, batch) -> None:
     vae = create_model(tiny_config.model_copy(update={"kind": "vae"}))
     cvae = create_model(tiny_config.model_copy(update={"kind": "cvae"}))
@@ -31,6 +32,7 @@ def test_baselines_share_the_networks(tiny_config: ModelConfig, batch) -> None:
     assert not torch.allclose(cvae.decode_image(z, w), cvae.decode_image(z, -w))
 
 
+@pytest.mark.unit
 def test_baseline_bounds_tighten_with_k(tiny_config: ModelConfig, batch) -> None:
     x, w = batch
     x, w = x.repeat(10, 1, 1, 1), w.repeat(10, 1)

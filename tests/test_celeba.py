@@ -435,6 +435,7 @@ def test_cache_holds_the_services_crop_of_an_upload_of_each_file(root: Path, tmp
     assert not np.array_equal(aligned.splits["train"].images[0], dataset.splits["train"].images[0])
 
 
+@pytest.mark.integration
 def test_eval_crops_as_the_checkpoint_did_or_as_asked(root: Path, tmp_path: Path, tiny_checkpoint: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     import json

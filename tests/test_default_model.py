@@ -47,6 +47,7 @@ def _card_numbers() -> dict[str, float]:
     return {ROWS[label][0]: found[label] for label in ROWS}
 
 
+@pytest.mark.unit
 def test_every_number_on_the_card_is_checked_under_a_name_jmvae_eval_prints(capsys: pytest.CaptureFixture[str]
                                                                             ) -> None:
     """What the check against CelebA below relies on, checked without CelebA: the card's validation table has
@@ -64,6 +65,7 @@ def test_every_number_on_the_card_is_checked_under_a_name_jmvae_eval_prints(caps
 
 
 @pytest.mark.skipif(not (DATA / "list_attr_celeba.txt").is_file(), reason=f"CelebA subset not found at {DATA}")
+@pytest.mark.slow
 def test_model_card_numbers_are_reproduced_by_jmvae_eval(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(DATA), "--split", "val",
                  "--max-examples", "100000", "--no-progress"]) == 0

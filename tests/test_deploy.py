@@ -70,6 +70,7 @@ def _compose(path: Path = ROOT / "docker-compose.yml") -> dict:
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+@pytest.mark.unit
 def test_compose_files_match_the_compose_specification_schema(path: Path) -> None:
     pytest.importorskip("check_jsonschema", reason="check-jsonschema (dev dependency) vendors the Compose schema")
     import jsonschema
@@ -126,6 +127,7 @@ def _seconds(duration: str) -> float:
     return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration))
 
 
+@pytest.mark.unit
 def test_compose_wires_replicas_balancer_and_prometheus_together() -> None:
     services = _compose()["services"]
     replica, nginx, prometheus = services["jmvae"], services["nginx"], services["prometheus"]
@@ -191,6 +193,7 @@ def _instructions(text: str) -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
+@pytest.mark.unit
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_both_torch_builds() -> None:
     steps = _instructions(DOCKERFILE.read_text())
     stages = [i for i, (op, _) in enumerate(steps) if op == "FROM"]
@@ -240,6 +243,7 @@ def _in_build_context(path: str, rules: Sequence[tuple[bool, re.Pattern[str]]]) 
     return included
 
 
+@pytest.mark.unit
 def test_dockerignore_keeps_runs_data_and_checkpoints_out_of_the_image() -> None:
     rules = []
     for line in (ROOT / ".dockerignore").read_text().splitlines():
@@ -282,6 +286,7 @@ def _k8s() -> dict[str, dict]:
     return objects
 
 
+@pytest.mark.unit
 def test_kubernetes_manifests_deploy_the_service_they_describe(monkeypatch: pytest.MonkeyPatch) -> None:
     objects = _k8s()
     assert {"Kustomization", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"} <= set(objects)
@@ -443,6 +448,7 @@ def _generate(client: httpx.Client, url: str, seed: int, **headers: str) -> http
 
 
 @needs_nginx
+@pytest.mark.slow  # the replicas fixture: three servers behind nginx
 def test_balancer_spreads_requests_over_replicas_and_passes_request_ids(replicas: dict[str, Replica],
                                                                         tmp_path: Path) -> None:
     a, b = replicas["a"], replicas["b"]
@@ -527,6 +533,7 @@ def test_balancer_forwards_ids_retries_503_once_and_answers_json_when_no_replica
 
 
 @needs_nginx
+@pytest.mark.slow  # the replicas fixture: three servers behind nginx
 def test_bodies_over_the_upload_limit_are_refused_by_nginx_with_413(replicas: dict[str, Replica],
                                                                     tmp_path: Path) -> None:
     a, b = replicas["a"], replicas["b"]
@@ -555,6 +562,7 @@ def test_bodies_over_the_upload_limit_are_refused_by_nginx_with_413(replicas: di
 
 
 @needs_nginx
+@pytest.mark.slow  # the replicas fixture: three servers behind nginx
 def test_a_replica_that_is_not_ready_gets_no_traffic(replicas: dict[str, Replica], tiny_checkpoint: Path,
                                                      tmp_path: Path) -> None:
     ready = replicas["a"]
@@ -581,6 +589,7 @@ def test_a_replica_that_is_not_ready_gets_no_traffic(replicas: dict[str, Replica
 
 
 @needs_nginx
+@pytest.mark.slow  # the replicas fixture: three servers behind nginx
 def test_killing_a_replica_under_load_loses_no_request(replicas: dict[str, Replica], tmp_path: Path) -> None:
     survivor, victim = replicas["a"], replicas["victim"]
     statuses: list[int] = []

@@ -56,6 +56,7 @@ async def _around_sigterm(served: Served) -> tuple[list[str], list[str], float]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits(tiny_checkpoint: Path, workers: int) -> None:
     env = {"JMVAE_MAX_BATCH_SIZE": "64", "JMVAE_MAX_BATCH_WAIT_MS": str(BATCH_WAIT_S * 1000),
            "JMVAE_LOG_LEVEL": "warning"}

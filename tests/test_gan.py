@@ -18,6 +18,7 @@ from jmvae.training.metrics import unknown
 GAN_RUN = {"log_every": 1, "synthetic": {"n_train": 150}, "gan": {"weight": 50.0}}
 
 
+@pytest.mark.unit
 def test_adversarial_terms_reach_the_decoder_and_the_discriminator(tiny_config: ModelConfig, batch) -> None:
     torch.manual_seed(0)
     model, discriminator = JMVAE(tiny_config), Discriminator(tiny_config)

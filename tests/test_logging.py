@@ -88,6 +88,7 @@ def test_text_format_and_a_bad_setting_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == ["jmvae serve: JMVAE_LOG_FORMAT: Input should be 'json' or 'text'"]
 
 
+@pytest.mark.unit
 def test_an_unhandled_error_is_logged_once_with_its_request_id(caplog: pytest.LogCaptureFixture) -> None:
     async def broken(request: Request) -> PlainTextResponse:
         raise RuntimeError("boom")

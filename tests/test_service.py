@@ -374,6 +374,7 @@ def test_api_key_is_enforced(tiny_checkpoint: Path) -> None:
         assert 'status="401"' in c.get("/metrics").text  # refusals are counted too
 
 
+@pytest.mark.slow
 def test_readyz_is_503_until_warm(tiny_checkpoint: Path) -> None:
     settings = Settings(checkpoint=tiny_checkpoint, warmup_batches=400, max_batch_size=64)
     with running_server(settings, wait_ready=False) as url, httpx.Client(base_url=url) as c:
@@ -399,6 +400,7 @@ def test_cors(tiny_checkpoint: Path) -> None:
         assert "access-control-allow-origin" not in c.get("/healthz", headers={"Origin": "https://evil.example"}).headers
 
 
+@pytest.mark.unit
 def test_env_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JMVAE_MAX_BATCH_SIZE", "1")
     monkeypatch.setenv("JMVAE_CORS_ORIGINS", "https://a.example, https://b.example")
@@ -481,6 +483,7 @@ def test_a_checkpoint_with_other_detector_parameters_is_served_with_them(tmp_pat
     assert body["face_detected"] and body["box"]["width"] == pytest.approx(1.6 * body["face_box"]["width"])
 
 
+@pytest.mark.unit
 def test_app_start_fails_on_a_bad_checkpoint(tmp_path: Path) -> None:
     from jmvae.model.checkpoint import CheckpointError
     from jmvae.service.app import create_app
@@ -495,6 +498,7 @@ def test_app_start_fails_on_a_bad_checkpoint(tmp_path: Path) -> None:
         asyncio.run(start())
 
 
+@pytest.mark.unit
 def test_default_model_ships_in_the_package() -> None:
     from jmvae.model.checkpoint import load_model
     from jmvae.service.engine import DEFAULT_CHECKPOINT

@@ -58,6 +58,7 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_toml: Path) -> 
     return out
 
 
+@pytest.mark.unit
 def test_config_file_and_overrides(tmp_path: Path, tiny_toml: Path) -> None:
     config = load_config(tiny_toml, {"epochs": 7, "model": {"latent_dim": 4}})
     assert config.epochs == 7 and config.model.latent_dim == 4 and config.model.dense_units == 128
@@ -135,6 +136,7 @@ def test_augmentation_changes_training_but_stays_reproducible(tmp_path: Path, ti
     assert not torch.equal(flipped, _weights(plain_run / "final.safetensors")["joint_encoder.head.linear.weight"])
 
 
+@pytest.mark.unit
 def test_hflip_mirrors_a_random_share_of_the_faces_and_leaves_the_others_as_they_were() -> None:
     faces = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     assert not any(torch.equal(f, f.flip(-1)) or torch.equal(f, f.flip(-2)) for f in faces)  # no face is symmetric
@@ -153,6 +155,7 @@ def test_hflip_mirrors_a_random_share_of_the_faces_and_leaves_the_others_as_they
     assert torch.equal(augment(faces, torch.Generator().manual_seed(0), hflip=False, shift=0), faces)
 
 
+@pytest.mark.unit
 def test_jitter_reframes_each_face_within_its_range_and_stays_reproducible() -> None:
     from jmvae.training.augment import jitter
 
@@ -234,6 +237,7 @@ def test_resume_guards(tmp_path: Path, tiny_toml: Path, reference_run: Path, cap
     assert "config.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_matches(tmp_path: Path, tiny_toml: Path, reference_run: Path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "jmvae.cli", "train", "--data", "synthetic", "--out", str(out),
@@ -256,6 +260,7 @@ def test_sigterm_saves_and_resume_matches(tmp_path: Path, tiny_toml: Path, refer
     _assert_same_weights(out / "final.safetensors", reference_run / "final.safetensors")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_from_the_last_epoch_and_matches(tmp_path: Path, tiny_toml: Path,
                                                                    reference_run: Path) -> None:
     """SIGKILL gives no chance to save: the steps since the last whole epoch are lost and trained again."""
@@ -285,6 +290,7 @@ def test_sigkill_mid_epoch_resumes_from_the_last_epoch_and_matches(tmp_path: Pat
     _assert_same_weights(out / "final.safetensors", reference_run / "final.safetensors")
 
 
+@pytest.mark.slow
 def test_image_to_attribute_accuracy_beats_majority(tmp_path: Path) -> None:
     # σ = 0.3 weighs the image term less than the default, so 8 short epochs leave room for the attributes.
     config = write_tiny_run(tmp_path / "more-data.toml", TRAINING, synthetic={"n_train": 2000},
@@ -305,6 +311,7 @@ def test_image_to_attribute_accuracy_beats_majority(tmp_path: Path) -> None:
     assert (accuracy > majority + 0.1).sum() >= 4, (accuracy, majority)  # e.g. Male, hair colour, skin, lipstick
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path: Path, tiny_toml: Path) -> None:
     out = tmp_path / "ddp"
     env = os.environ | {"OMP_NUM_THREADS": "1"}

@@ -146,6 +146,7 @@ def test_page_files_ship_in_the_wheel() -> None:
 
 # In the browser -----------------------------------------------------------------------------------------------
 @needs_chromium
+@pytest.mark.slow  # the browser fixture: chromium, started once for the file
 def test_read_edit_and_generate(page: Page, server: str, uploads: dict[str, Path], settings: Settings) -> None:
     open_page(page, server)
     info = page.inner_text("#model-info")
@@ -211,6 +212,7 @@ def test_read_edit_and_generate(page: Page, server: str, uploads: dict[str, Path
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_generate_without_a_photo_completes_the_attributes_the_sliders_leave(page: Page, server: str) -> None:
     """Only the moved slider is sent; the service fills the rest from the training data (in the synthetic faces a
     moustache is a man's and rules out No_Beard) and the sliders show the vector it used."""
@@ -230,6 +232,7 @@ def test_generate_without_a_photo_completes_the_attributes_the_sliders_leave(pag
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_errors_are_readable(page: Page, server: str, uploads: dict[str, Path]) -> None:
     open_page(page, server)
     upload(page, uploads["notes.png"])
@@ -256,6 +259,7 @@ def test_errors_are_readable(page: Page, server: str, uploads: dict[str, Path]) 
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_the_page_asks_for_the_api_key(page: Page, keyed_server: str, uploads: dict[str, Path]) -> None:
     page.goto(keyed_server)
     page.wait_for_selector("#key-form:visible")
@@ -277,6 +281,7 @@ def test_the_page_asks_for_the_api_key(page: Page, keyed_server: str, uploads: d
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_phone_width(browser: Browser, server: str, uploads: dict[str, Path]) -> None:
     context = browser.new_context(viewport={"width": 375, "height": 812}, is_mobile=True, has_touch=True)
     page = context.new_page()
@@ -297,6 +302,7 @@ def test_phone_width(browser: Browser, server: str, uploads: dict[str, Path]) ->
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_every_control_has_a_label(page: Page, server: str) -> None:
     open_page(page, server)
     unlabelled = page.eval_on_selector_all(
@@ -308,6 +314,7 @@ def test_every_control_has_a_label(page: Page, server: str) -> None:
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_a_photo_dropped_on_the_page_is_read(page: Page, server: str, uploads: dict[str, Path]) -> None:
     open_page(page, server)
     transfer = page.evaluate_handle("""data => {
