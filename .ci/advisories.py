@@ -43,8 +43,10 @@ def main() -> int:
         rows = sorted(pool.map(audit, distributions(path=[str(site)])), key=lambda row: row[0].lower())
     for name, version, verdict in rows:
         print(f"{name:32} {version:16} {verdict}")
-    counts = {kind: sum(verdict.startswith(kind) for *_, verdict in rows)
-              for kind in ("clean", "ADVISORIES", "not audited", "not on PyPI")}
+    counts = {
+        kind: sum(verdict.startswith(kind) for *_, verdict in rows)
+        for kind in ("clean", "ADVISORIES", "not audited", "not on PyPI")
+    }
     print(", ".join(f"{n} {kind}" for kind, n in counts.items()))
     return 1 if counts["ADVISORIES"] else 0
 

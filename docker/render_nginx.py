@@ -49,19 +49,29 @@ def body_limit(max_upload_bytes: int) -> int:
     return max_upload_bytes + MULTIPART_OVERHEAD
 
 
-def write_standalone(out: Path, upstreams: Sequence[str], listen: str,
-                     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, worker_processes: int = 1) -> Path:
+def write_standalone(
+    out: Path,
+    upstreams: Sequence[str],
+    listen: str,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    worker_processes: int = 1,
+) -> Path:
     """A complete nginx.conf in `out` (pid, logs and temp files inside it) around the rendered snippet."""
     out = out.resolve()
     (out / "tmp").mkdir(parents=True, exist_ok=True)
     snippet = out / "jmvae.conf"
-    snippet.write_text(render(TEMPLATE.read_text(), {
-        "NGINX_LISTEN": listen,
-        "NGINX_UPSTREAM_SERVERS": server_lines(upstreams),
-        "NGINX_RESOLVER": "127.0.0.1",  # only `resolve` would use it; loopback upstreams are addresses
-        "NGINX_CLIENT_MAX_BODY_SIZE": str(body_limit(max_upload_bytes)),
-        "NGINX_ACCESS_LOG": str(out / "access.log"),
-    }))
+    snippet.write_text(
+        render(
+            TEMPLATE.read_text(),
+            {
+                "NGINX_LISTEN": listen,
+                "NGINX_UPSTREAM_SERVERS": server_lines(upstreams),
+                "NGINX_RESOLVER": "127.0.0.1",  # only `resolve` would use it; loopback upstreams are addresses
+                "NGINX_CLIENT_MAX_BODY_SIZE": str(body_limit(max_upload_bytes)),
+                "NGINX_ACCESS_LOG": str(out / "access.log"),
+            },
+        )
+    )
     # As root, workers would drop to `nobody`, who cannot write temp files under a private (0700) directory.
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = out / "nginx.conf"
@@ -70,8 +80,10 @@ def write_standalone(out: Path, upstreams: Sequence[str], listen: str,
         f"worker_processes {worker_processes};\npid {out / 'nginx.pid'};\nerror_log {out / 'error.log'} warn;\n"
         "events { worker_connections 1024; }\n"
         "http {\n    default_type application/octet-stream;\n"
-        + "".join(f"    {kind}_temp_path {out / 'tmp' / kind};\n"
-                  for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        + "".join(
+            f"    {kind}_temp_path {out / 'tmp' / kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         + f"    include {snippet};\n}}\n"
     )
     return conf
@@ -81,8 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", action="append", required=True, help="HOST:PORT of a replica (repeat)")
     parser.add_argument("--listen", default="127.0.0.1:8080")
-    parser.add_argument("--max-upload-bytes", type=int,
-                        default=int(os.environ.get("JMVAE_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)))
+    parser.add_argument(
+        "--max-upload-bytes", type=int, default=int(os.environ.get("JMVAE_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
+    )
     parser.add_argument("--workers", type=int, default=1, help="nginx worker processes")
     parser.add_argument("--out", type=Path, required=True, help="directory for nginx.conf, logs, pid, temp files")
     args = parser.parse_args(argv)

@@ -48,8 +48,11 @@ FILES: dict[str, tuple[str, ...]] = {
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     problems = [f"tests/conftest.py FILES: {name} does not exist" for name in FILES if not (here / name).is_file()]
-    problems += [f"tests/conftest.py FILES: {name} needs exactly one of {LAYERS}" for name, marks in FILES.items()
-                 if sum(mark in LAYERS for mark in marks) != 1]
+    problems += [
+        f"tests/conftest.py FILES: {name} needs exactly one of {LAYERS}"
+        for name, marks in FILES.items()
+        if sum(mark in LAYERS for mark in marks) != 1
+    ]
     for item in items:
         marks = FILES.get(item.path.name)
         if marks is None:

@@ -23,8 +23,12 @@ from jmvae.service.settings import Settings
 def train_tiny_checkpoint(out: Path) -> Path:
     """A real checkpoint from the real trainer: 32×32 synthetic faces, a few seconds on CPU."""
     config = write_tiny_run(out / "tiny.toml")
-    assert jmvae_main(["train", "--data", "synthetic", "--out", str(out / "run"), "--config", str(config),
-                       "--epochs", "2"]) == 0
+    assert (
+        jmvae_main(
+            ["train", "--data", "synthetic", "--out", str(out / "run"), "--config", str(config), "--epochs", "2"]
+        )
+        == 0
+    )
     return out / "run" / "final.safetensors"
 
 
@@ -32,8 +36,9 @@ def train_tiny_checkpoint(out: Path) -> Path:
 def running_server(settings: Settings, wait_ready: bool = True) -> Iterator[str]:
     """Serves create_app(settings) on 127.0.0.1; yields the base URL once it accepts connections."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

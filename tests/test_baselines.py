@@ -7,11 +7,11 @@ import pytest
 import torch
 from tiny_configs import write_tiny_run
 
+from jmvae.cli import main
 from jmvae.model.baselines import CVAE, VAE, create_model
 from jmvae.model.bounds import cvae_log_px_given_w, vae_log_px
 from jmvae.model.checkpoint import CheckpointError, load_jmvae, load_model
 from jmvae.model.config import ModelConfig
-from jmvae.cli import main
 from jmvae.training.metrics import unknown
 
 
@@ -41,7 +41,7 @@ def test_baseline_bounds_tighten_with_k(tiny_config: ModelConfig, batch) -> None
         model = create_model(tiny_config.model_copy(update={"kind": kind})).eval()
         g = torch.Generator().manual_seed(0)
 
-        def bound(k: int) -> float:
+        def bound(k: int, kind: str = kind, model: torch.nn.Module = model, g: torch.Generator = g) -> float:
             if kind == "vae":
                 return float(vae_log_px(model, x, k=k, generator=g).mean())
             return float(cvae_log_px_given_w(model, x, w, k=k, chunk=24, generator=g).mean())
@@ -49,19 +49,51 @@ def test_baseline_bounds_tighten_with_k(tiny_config: ModelConfig, batch) -> None
         assert bound(1) < bound(50), kind
 
 
-@pytest.mark.parametrize("kind, key", [("vae", "log_px_single"), ("cvae", "log_px_given_w"),
-                                       ("classifier", "attr_auc_classifier")])
+@pytest.mark.parametrize(
+    "kind, key", [("vae", "log_px_single"), ("cvae", "log_px_given_w"), ("classifier", "attr_auc_classifier")]
+)
 def test_train_and_eval_a_baseline(tmp_path: Path, kind: str, key: str, capsys) -> None:
     config = write_tiny_run(tmp_path / "tiny.toml", synthetic={"n_train": 100})
     out = tmp_path / kind
-    assert main(["train", "--data", "synthetic", "--out", str(out), "--config", str(config), "--epochs", "1",
-                 "--model", kind]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "synthetic",
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--epochs",
+                "1",
+                "--model",
+                kind,
+            ]
+        )
+        == 0
+    )
     model, meta = load_model(out / "final.safetensors")
     assert meta.model.kind == kind and type(model).__name__.lower() in (kind, f"attribute{kind}")
     assert key in meta.metrics and "attr_acc_kl" not in meta.metrics and not unknown(meta.metrics)
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(out / "final.safetensors"), "--data", "synthetic", "--k", "2",
-                 "--max-examples", "20", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "final.safetensors"),
+                "--data",
+                "synthetic",
+                "--k",
+                "2",
+                "--max-examples",
+                "20",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert key in printed and not unknown(printed)
     with pytest.raises(CheckpointError, match=f"{kind.upper()} baseline"):

@@ -47,8 +47,13 @@ def run(test: Callable[[Callable[..., Batcher]], Awaitable[None]]) -> None:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-model")
         batchers: list[Batcher] = []
 
-        def batcher(model: Model, max_batch_size: int = 4, max_wait_s: float = 0.05, max_queue: int = 100,
-                    on_batch: Callable[[str, BatchStats], None] | None = None) -> Batcher:
+        def batcher(
+            model: Model,
+            max_batch_size: int = 4,
+            max_wait_s: float = 0.05,
+            max_queue: int = 100,
+            on_batch: Callable[[str, BatchStats], None] | None = None,
+        ) -> Batcher:
             b = Batcher("test", model, executor, max_batch_size, max_wait_s, max_queue, on_batch)
             b.start()
             batchers.append(b)

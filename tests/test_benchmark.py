@@ -16,11 +16,16 @@ def test_benchmark_runs_and_reports_every_cell(tmp_path: Path, tiny_checkpoint: 
     face.write_bytes(image_bytes(render_faces(sample_attributes(1, rng), rng, image_size=128)[0], "JPEG"))
     assert main(["--image", str(face), "--checkpoint", str(tiny_checkpoint), "--seconds", "0.5", "--json"]) == 0
     out = capsys.readouterr().out
-    report = json.loads(out[out.index("{\n"):])
+    report = json.loads(out[out.index("{\n") :])
     cells = {(r["endpoint"], r["clients"], r["batching"]) for r in report["rows"]}
     assert {(e, c, "max 32") for e in ENDPOINTS for c in (1, 32)} <= cells
     assert {(e, 32, "off (max 1)") for e in ENDPOINTS} <= cells
     assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in report["rows"])
     assert report["summary"]["in_process_images_s"] > 0
-    assert set(report["summary"]["in_process_stages"]) == {"decode_ms", "detect_and_crop_ms", "model_batch_1_ms", "model_batch_32_ms"}
+    assert set(report["summary"]["in_process_stages"]) == {
+        "decode_ms",
+        "detect_and_crop_ms",
+        "model_batch_1_ms",
+        "model_batch_32_ms",
+    }
     assert "| /attributes | 32 | max 32 |" in out

@@ -53,8 +53,9 @@ def test_large_k_runs_in_chunks(trained_a_little: JMVAE, batch) -> None:
     # chunk = one batch: 1000 samples go through the decoder 12 at a time, never all at once.
     b = importance_weighted_bounds(trained_a_little, x, w, k=1000, n_w=1000, chunk=12, generator=g)
     assert torch.isfinite(b.log_pxw).all()
-    small = importance_weighted_bounds(trained_a_little, x, w, k=1000, n_w=1000, chunk=4096,
-                                       generator=torch.Generator().manual_seed(2))
+    small = importance_weighted_bounds(
+        trained_a_little, x, w, k=1000, n_w=1000, chunk=4096, generator=torch.Generator().manual_seed(2)
+    )
     # Same k, different chunking: the same estimator, so nearly the same values.
     assert float((b.log_pxw - small.log_pxw).abs().max()) < 0.05 * float(b.log_pxw.abs().mean())
     assert math.isfinite(float(b.log_px_given_w.mean()))

@@ -33,9 +33,7 @@ def _attr_text(columns: tuple[str, ...] = CELEBA_ATTRIBUTES, eol: str = "\r\n", 
     """list_attr_celeba.txt as the original writes it: names line with a trailing space, 1s padded to -1's width."""
     attributes = _attributes()
     order = [CELEBA_ATTRIBUTES.index(c) for c in columns]
-    rows = [
-        name + " " + " ".join(f"{v:>2}" for v in attributes[NAMES.index(name)][order]) for name in WRITTEN
-    ]
+    rows = [name + " " + " ".join(f"{v:>2}" for v in attributes[NAMES.index(name)][order]) for name in WRITTEN]
     return eol.join([str(len(rows)), " ".join(columns) + " ", *rows]) + eol + trailing
 
 
@@ -308,30 +306,40 @@ IMAGES_BYTES = 128 + 12 * 16 * 16 * 3  # 9,344: the .npy header and 12 rows of 1
 # (damage done to images file i and meta file m, the notice it must give)
 CACHE_DAMAGE: dict[str, tuple[Callable[[Path, Path], None], str]] = {
     "images truncated": (lambda i, m: os.truncate(i, 4000), r"images\.npy: 4,000 bytes, expected 9,344; rebuilding"),
-    "images one byte longer": (lambda i, m: i.write_bytes(i.read_bytes() + b"\0"),
-                               r"images\.npy: 9,345 bytes, expected 9,344; rebuilding"),
+    "images one byte longer": (
+        lambda i, m: i.write_bytes(i.read_bytes() + b"\0"),
+        r"images\.npy: 9,345 bytes, expected 9,344; rebuilding",
+    ),
     "images empty (killed before the header)": (lambda i, m: os.truncate(i, 0), r"images\.npy: not a readable \.npy"),
     "images byte flipped": (lambda i, m: _flip_byte(i, 5000), r"images\.npy: sha256 differs from the one in celeba-"),
-    "images header of another shape": (lambda i, m: np.save(i, np.zeros((12, 8, 8, 3), np.uint8)),
-                                       r"images\.npy: holds uint8 \(12, 8, 8, 3\), expected uint8 \(12, 16, 16, 3\)"),
+    "images header of another shape": (
+        lambda i, m: np.save(i, np.zeros((12, 8, 8, 3), np.uint8)),
+        r"images\.npy: holds uint8 \(12, 8, 8, 3\), expected uint8 \(12, 16, 16, 3\)",
+    ),
     "images missing": (lambda i, m: i.unlink(), r"images\.npy: missing; rebuilding"),
     "meta missing": (lambda i, m: m.unlink(), r"meta\.npz: missing; rebuilding"),
     "meta truncated": (lambda i, m: os.truncate(m, m.stat().st_size // 2), r"meta\.npz: unreadable \(BadZipFile"),
     "meta garbage": (lambda i, m: m.write_bytes(b"\x93NUMPY garbage"), r"meta\.npz: unreadable"),
     "meta byte flipped": (lambda i, m: _flip_byte(m, 200), r"meta\.npz: unreadable"),
-    "meta of another format version": (lambda i, m: _rewrite_meta(m, format_version=np.array(1)),
-                                       r"meta\.npz: format version 1, expected 2; rebuilding"),
+    "meta of another format version": (
+        lambda i, m: _rewrite_meta(m, format_version=np.array(1)),
+        r"meta\.npz: format version 1, expected 2; rebuilding",
+    ),
     "meta without a checksum (version 1 layout)": (
         lambda i, m: _rewrite_meta(m, drop="images_sha256"),
-        r"meta\.npz: holds \[.*\], expected \[.*'images_sha256'.*\]; rebuilding"),
-    "meta of other annotations": (lambda i, m: _rewrite_meta(m, partition=np.zeros(12, np.int8)),
-                                  r"meta\.npz: does not describe these annotations; rebuilding"),
+        r"meta\.npz: holds \[.*\], expected \[.*'images_sha256'.*\]; rebuilding",
+    ),
+    "meta of other annotations": (
+        lambda i, m: _rewrite_meta(m, partition=np.zeros(12, np.int8)),
+        r"meta\.npz: does not describe these annotations; rebuilding",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", CACHE_DAMAGE)
-def test_damaged_cache_is_rebuilt_with_a_notice(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                case: str) -> None:
+def test_damaged_cache_is_rebuilt_with_a_notice(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
     cache = tmp_path / "cache"
     first = _load(root, cache, workers=1)
     fresh, key = _arrays(first), first.content_key
@@ -380,8 +388,9 @@ def test_concurrent_builders_share_one_build(root: Path, tmp_path: Path, monkeyp
             thread.join()
     assert all(isinstance(r, FaceDataset) for r in results), results
     assert builds == [1]
-    assert [str(w.message) for w in caught] == [f"{cache}/celeba-{results[0].content_key}.lock: another run is "
-                                               "building or checking this cache; waiting for it"]  # type: ignore[union-attr]
+    assert [str(w.message) for w in caught] == [
+        f"{cache}/celeba-{results[0].content_key}.lock: another run is building or checking this cache; waiting for it"
+    ]  # type: ignore[union-attr]
     one, two = (_arrays(r) for r in results)  # type: ignore[arg-type]
     for partition, split in enumerate(("train", "val")):
         expected_images, expected_attributes = _expected_split(root, partition, 16)
@@ -390,8 +399,9 @@ def test_concurrent_builders_share_one_build(root: Path, tmp_path: Path, monkeyp
             np.testing.assert_array_equal(arrays[split][1], expected_attributes)
 
 
-def test_read_only_cache_dir_with_a_valid_cache_still_loads(root: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_only_cache_dir_with_a_valid_cache_still_loads(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "cache"
     built = _arrays(_load(root, cache, workers=1))
     for lock in cache.glob("*.lock"):
@@ -436,8 +446,9 @@ def test_cache_holds_the_services_crop_of_an_upload_of_each_file(root: Path, tmp
 
 
 @pytest.mark.integration
-def test_eval_crops_as_the_checkpoint_did_or_as_asked(root: Path, tmp_path: Path, tiny_checkpoint: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_crops_as_the_checkpoint_did_or_as_asked(
+    root: Path, tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     from matplotlib import cbook
@@ -450,12 +461,26 @@ def test_eval_crops_as_the_checkpoint_did_or_as_asked(root: Path, tmp_path: Path
         face.save(root / "img_align_celeba" / name, quality=90)
     printed = {}
     for crop in (None, "detector", "aligned"):
-        args = ["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(root), "--k", "2", "--nw", "2",
-                "--cache-dir", str(tmp_path / "cache"), "--no-progress"] + (["--crop", crop] if crop else [])
+        args = [
+            "eval",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--data",
+            str(root),
+            "--k",
+            "2",
+            "--nw",
+            "2",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+        ] + (["--crop", crop] if crop else [])
         assert main(args) == 0
         printed[crop] = json.loads(capsys.readouterr().out)
     # The tiny checkpoint was trained with the default crop, the service's: eval uses it unless told otherwise.
-    assert printed[None]["crop"] == printed["detector"]["crop"] == "detector" and printed["aligned"]["crop"] == "aligned"
+    assert (
+        printed[None]["crop"] == printed["detector"]["crop"] == "detector" and printed["aligned"]["crop"] == "aligned"
+    )
     assert printed[None]["log_px_single"] == printed["detector"]["log_px_single"]
     assert printed["aligned"]["log_px_single"] != printed["detector"]["log_px_single"]
     assert len(list((tmp_path / "cache").glob("celeba-*.images.npy"))) == 2  # one cache per crop

@@ -22,10 +22,17 @@ from jmvae.model.preprocess import Preprocessing
 
 def _meta(config: ModelConfig) -> CheckpointMeta:
     return CheckpointMeta(
-        package_version="test", created_at=now_iso(), model=config,
+        package_version="test",
+        created_at=now_iso(),
+        model=config,
         attribute_names=tuple(f"A{i}" for i in range(config.n_attributes)),
-        preprocessing=Preprocessing(image_size=config.image_size), alpha=0.1, training={"epochs": 1},
-        data={"name": "fixture"}, epoch=1, step=10, metrics={"elbo": -123.5},
+        preprocessing=Preprocessing(image_size=config.image_size),
+        alpha=0.1,
+        training={"epochs": 1},
+        data={"name": "fixture"},
+        epoch=1,
+        step=10,
+        metrics={"elbo": -123.5},
     )
 
 
@@ -53,8 +60,9 @@ def test_round_trip(saved: Path, tiny_model: JMVAE, batch) -> None:
     assert list(saved.parent.iterdir()) == [saved]  # no temp file left behind
 
 
-def test_metrics_of_old_checkpoints_read_with_todays_names(tmp_path: Path, tiny_model: JMVAE,
-                                                          tiny_config: ModelConfig) -> None:
+def test_metrics_of_old_checkpoints_read_with_todays_names(
+    tmp_path: Path, tiny_model: JMVAE, tiny_config: ModelConfig
+) -> None:
     """Checkpoints from before the one vocabulary (the shipped default model's too) named validation metrics
     val_<name>."""
     path = tmp_path / "old.safetensors"
@@ -77,7 +85,7 @@ def test_no_pickle_in_the_file(saved: Path) -> None:
 def test_overwrite_is_atomic_and_keeps_old_file_on_failure(saved: Path, tiny_model: JMVAE, tiny_config) -> None:
     before = saved.read_bytes()
     bad = Checkpoint(_meta(tiny_config), {"x": object()})  # type: ignore[dict-item]
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # the object is no tensor
         save_checkpoint(saved, bad)
     assert saved.read_bytes() == before
     assert list(saved.parent.iterdir()) == [saved]
@@ -120,16 +128,21 @@ def test_refuses_missing_foreign_and_mismatched(tmp_path: Path, saved: Path, tin
         load_model(wrong)
 
 
-@pytest.mark.parametrize("data", [
-    {"sizes": {"train": 10}, "attribute_pair_counts": "many"},
-    {"sizes": {"train": 10}, "attribute_pair_counts": [[1, 2], [2, 1]]},  # the wrong shape
-    {"sizes": {"train": 10}, "attribute_pair_counts": "negative"},
-    {"sizes": {"train": 10}, "attribute_pair_counts": "a pair more often than its attribute"},
-    {"sizes": "ten"},
-    {"attribute_prevalence": {"A0": "half"}},
-], ids=["text", "shape", "negative", "impossible-pair", "sizes", "prevalence"])
-def test_load_jmvae_refuses_unusable_attribute_statistics(tmp_path: Path, tiny_model: JMVAE, tiny_config: ModelConfig,
-                                                          data: dict) -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"sizes": {"train": 10}, "attribute_pair_counts": "many"},
+        {"sizes": {"train": 10}, "attribute_pair_counts": [[1, 2], [2, 1]]},  # the wrong shape
+        {"sizes": {"train": 10}, "attribute_pair_counts": "negative"},
+        {"sizes": {"train": 10}, "attribute_pair_counts": "a pair more often than its attribute"},
+        {"sizes": "ten"},
+        {"attribute_prevalence": {"A0": "half"}},
+    ],
+    ids=["text", "shape", "negative", "impossible-pair", "sizes", "prevalence"],
+)
+def test_load_jmvae_refuses_unusable_attribute_statistics(
+    tmp_path: Path, tiny_model: JMVAE, tiny_config: ModelConfig, data: dict
+) -> None:
     """They complete the service's partial attribute vectors; damaged ones are refused at load, in one line."""
     from jmvae.model.checkpoint import load_jmvae
 
@@ -147,8 +160,9 @@ def test_load_jmvae_refuses_unusable_attribute_statistics(tmp_path: Path, tiny_m
     assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 
-def test_load_jmvae_accepts_pair_counts_of_real_faces(tmp_path: Path, tiny_model: JMVAE,
-                                                       tiny_config: ModelConfig) -> None:
+def test_load_jmvae_accepts_pair_counts_of_real_faces(
+    tmp_path: Path, tiny_model: JMVAE, tiny_config: ModelConfig
+) -> None:
     from jmvae.model.checkpoint import load_jmvae
 
     present = (torch.rand(20, tiny_config.n_attributes, generator=torch.Generator().manual_seed(0)) < 0.4).long()

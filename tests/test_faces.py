@@ -77,7 +77,9 @@ def _two_faces(portrait: Image.Image, degrade: str) -> Image.Image:
     scene = Image.new("RGB", (1000, 700), (128, 128, 128))
     scene.paste(portrait.resize((300, 352), Image.Resampling.LANCZOS), (20, 300))
     weak = portrait.resize((420, 492), Image.Resampling.LANCZOS)
-    weak = weak.rotate(15, fillcolor=(128, 128, 128)) if degrade == "tilted" else weak.filter(ImageFilter.GaussianBlur(9))
+    weak = (
+        weak.rotate(15, fillcolor=(128, 128, 128)) if degrade == "tilted" else weak.filter(ImageFilter.GaussianBlur(9))
+    )
     scene.paste(weak, (520, 60))
     return scene
 
@@ -127,8 +129,9 @@ class _SpyCascade:
         return self.cascade.getOriginalWindowSize()
 
 
-@pytest.mark.parametrize(("size", "searched"), [((4000, 3000), (192, 256)), ((700, 1000), (274, 192)),
-                                                ((200, 160), (160, 200))])
+@pytest.mark.parametrize(
+    ("size", "searched"), [((4000, 3000), (192, 256)), ((700, 1000), (274, 192)), ((200, 160), (160, 200))]
+)
 def test_photos_are_searched_at_the_resolution_their_smallest_face_needs(
     portrait: Image.Image, portrait_box: CropBox, size: tuple[int, int], searched: tuple[int, int]
 ) -> None:
@@ -205,8 +208,10 @@ def test_framing_does_not_depend_on_where_the_face_is(
     crop = cropper.crop(scene)
     s = face_width / portrait.width
     expected = CropBox(
-        left=at[0] + portrait_box.left * s, top=at[1] + portrait_box.top * s,
-        width=portrait_box.width * s, height=portrait_box.height * s,
+        left=at[0] + portrait_box.left * s,
+        top=at[1] + portrait_box.top * s,
+        width=portrait_box.width * s,
+        height=portrait_box.height * s,
     )
     # The cascade's box size jitters by about +-10% with the pixels around a face (on CelebA the grown
     # boxes' p10-p90 side is 121-151 around a median of 135); 15% larger is an IoU of 0.75. A framing that
@@ -254,9 +259,7 @@ def test_degenerate_images_get_a_centre_crop(cropper: FaceCropper, size: tuple[i
 
 
 @pytest.mark.parametrize("size", [ALIGNED_IMAGE_SIZE, (356, 436), (89, 109)])
-def test_no_face_in_a_celeba_shaped_image_gives_the_aligned_box(
-    cropper: FaceCropper, size: tuple[int, int]
-) -> None:
+def test_no_face_in_a_celeba_shaped_image_gives_the_aligned_box(cropper: FaceCropper, size: tuple[int, int]) -> None:
     image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     crop = cropper.crop(image)
     assert not crop.detected
@@ -264,9 +267,7 @@ def test_no_face_in_a_celeba_shaped_image_gives_the_aligned_box(
     assert crop.pixels.shape == (64, 64, 3)
 
 
-def test_output_size_and_input_modes_follow_the_preprocessing(
-    portrait: Image.Image, portrait_box: CropBox
-) -> None:
+def test_output_size_and_input_modes_follow_the_preprocessing(portrait: Image.Image, portrait_box: CropBox) -> None:
     small = FaceCropper(Preprocessing(image_size=32))
     crop = small.crop(portrait.convert("L"))
     assert crop.detected and crop.pixels.shape == (32, 32, 3)

@@ -19,7 +19,7 @@ from service_support import free_port, running_server
 
 from bench.processes import Served, serve_subprocess
 from jmvae.service.cli import GRACE_S
-from jmvae.service.engine import Engine, GenerateJob, Generated
+from jmvae.service.engine import Engine, Generated, GenerateJob
 from jmvae.service.settings import Settings
 
 BATCH_WAIT_S = 6.0
@@ -58,8 +58,11 @@ async def _around_sigterm(served: Served) -> tuple[list[str], list[str], float]:
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits(tiny_checkpoint: Path, workers: int) -> None:
-    env = {"JMVAE_MAX_BATCH_SIZE": "64", "JMVAE_MAX_BATCH_WAIT_MS": str(BATCH_WAIT_S * 1000),
-           "JMVAE_LOG_LEVEL": "warning"}
+    env = {
+        "JMVAE_MAX_BATCH_SIZE": "64",
+        "JMVAE_MAX_BATCH_WAIT_MS": str(BATCH_WAIT_S * 1000),
+        "JMVAE_LOG_LEVEL": "warning",
+    }
     with serve_subprocess(tiny_checkpoint, env, workers) as served:
         before, after, signalled = asyncio.run(_around_sigterm(served))
         returncode = served.process.wait(timeout=GRACE_S + 30)
@@ -82,13 +85,17 @@ def _tamper(source: Path, target: Path) -> None:
     save_file(tensors, target, metadata=metadata)
 
 
-@pytest.mark.parametrize("damage, reason", [
-    ("missing", "no such checkpoint file"),
-    ("truncated", "not a readable safetensors file"),
-    ("tampered", "weights do not match their checksum"),
-])
-def test_serve_refuses_a_bad_checkpoint_before_starting_workers(tmp_path: Path, tiny_checkpoint: Path,
-                                                                damage: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("missing", "no such checkpoint file"),
+        ("truncated", "not a readable safetensors file"),
+        ("tampered", "weights do not match their checksum"),
+    ],
+)
+def test_serve_refuses_a_bad_checkpoint_before_starting_workers(
+    tmp_path: Path, tiny_checkpoint: Path, damage: str, reason: str
+) -> None:
     path = tmp_path / "model.safetensors"
     if damage == "truncated":
         path.write_bytes(tiny_checkpoint.read_bytes()[: tiny_checkpoint.stat().st_size // 2])
@@ -97,7 +104,10 @@ def test_serve_refuses_a_bad_checkpoint_before_starting_workers(tmp_path: Path, 
     # As a container starts it: the checkpoint from the environment, several workers.
     result = subprocess.run(
         [sys.executable, "-m", "jmvae.cli", "serve", "--port", str(free_port()), "--workers", "2"],
-        env=os.environ | {"JMVAE_CHECKPOINT": str(path)}, capture_output=True, text=True, timeout=120,
+        env=os.environ | {"JMVAE_CHECKPOINT": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and reason in result.stderr and str(path) in result.stderr, result.stderr
@@ -106,8 +116,9 @@ def test_serve_refuses_a_bad_checkpoint_before_starting_workers(tmp_path: Path, 
 POISON_SEED = 666
 
 
-def test_a_request_that_makes_the_model_raise_fails_alone(tiny_checkpoint: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_request_that_makes_the_model_raise_fails_alone(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     attempts: list[int] = []  # size of each forward pass that held the poisoned request
     generate = Engine.generate_batch
 

@@ -23,8 +23,13 @@ from service_support import running_server
 from jmvae.service.app import create_app
 from jmvae.service.settings import Settings
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 # Loaded at collection, so from the app object (schemathesis' loader from a fixture fails under pytest 9: it sets
@@ -44,7 +49,12 @@ def server(tiny_checkpoint: Path) -> Iterator[str]:
 @schema.parametrize()
 # About 380 cases in all, nearly all for the three POST operations (valid and invalid bodies): the four GETs take
 # no input. Derandomized: the same cases on every run, so CI cannot fail by chance.
-@settings(max_examples=80, derandomize=True, database=None, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=80,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 def test_every_answer_is_documented(server: str, case: schemathesis.Case) -> None:
     case.call_and_validate(base_url=server, checks=CHECKS)

@@ -7,11 +7,11 @@ import pytest
 import torch
 from tiny_configs import write_tiny_run
 
+from jmvae.cli import main
 from jmvae.model.checkpoint import read_checkpoint
 from jmvae.model.config import ModelConfig
 from jmvae.model.gan import Discriminator, discriminator_loss, generator_terms
 from jmvae.model.jmvae import JMVAE
-from jmvae.cli import main
 from jmvae.training.metrics import unknown
 
 # The tiny run with the paper's discriminator, its terms weighted 50.
@@ -70,8 +70,12 @@ def test_gan_training_logs_the_discriminator_and_resumes_exactly(tmp_path: Path,
 
 def test_gan_changes_the_decoder(tmp_path: Path, config: Path) -> None:
     plain = write_tiny_run(tmp_path / "plain.toml", GAN_RUN, gan=None)
-    assert main(["train", "--data", "synthetic", "--out", str(tmp_path / "plain"), "--config", str(plain),
-                 "--epochs", "1"]) == 0
+    assert (
+        main(
+            ["train", "--data", "synthetic", "--out", str(tmp_path / "plain"), "--config", str(plain), "--epochs", "1"]
+        )
+        == 0
+    )
     assert _train(tmp_path / "gan", config, "--epochs", "1") == 0
     a = read_checkpoint(tmp_path / "plain" / "final.safetensors").model_state
     b = read_checkpoint(tmp_path / "gan" / "final.safetensors").model_state

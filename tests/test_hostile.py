@@ -93,8 +93,11 @@ REFUSED_IMAGES: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "jpeg bomb": (lambda: jpeg_claiming(60_000, 60_000), 413, r"60000x60000 .*at most 1,000,000 pixels"),
     "webp bomb": (lambda: webp_claiming(16_383, 16_383), 413, r"16383x16383 .*at most 1,000,000 pixels"),
     # Under the body limit (multipart framing included) but over the upload limit.
-    "over the byte limit": (lambda: b"\x89PNG\r\n\x1a\n" + bytes(MAX_UPLOAD), 413,
-                            r"^the upload is 200,008 bytes; at most 200,000 are accepted$"),
+    "over the byte limit": (
+        lambda: b"\x89PNG\r\n\x1a\n" + bytes(MAX_UPLOAD),
+        413,
+        r"^the upload is 200,008 bytes; at most 200,000 are accepted$",
+    ),
     "truncated jpeg": (_truncated_jpeg, 422, r"^the JPEG image is corrupt or truncated: "),
     "animated gif": (lambda: animated("GIF"), 415, r"^GIF images are not accepted; send JPEG, PNG or WebP$"),
     "animated webp": (lambda: animated("WEBP"), 422, r"animated or multi-frame .*this WEBP has 2 frames"),
@@ -151,8 +154,12 @@ def _exif_rotated(face: np.ndarray) -> tuple[bytes, np.ndarray]:
 
 # Each gives the upload and the upright 8-bit RGB picture it must decode to; JPEGs only approximately.
 DECODABLE: dict[str, tuple[Callable[[np.ndarray], tuple[bytes, np.ndarray]], bool]] = {
-    "greyscale png": (_greyscale, True), "16-bit png": (_sixteen_bit, True), "palette png": (_palette, True),
-    "png with alpha": (_alpha, True), "cmyk jpeg": (_cmyk, False), "exif-rotated jpeg": (_exif_rotated, False),
+    "greyscale png": (_greyscale, True),
+    "16-bit png": (_sixteen_bit, True),
+    "palette png": (_palette, True),
+    "png with alpha": (_alpha, True),
+    "cmyk jpeg": (_cmyk, False),
+    "exif-rotated jpeg": (_exif_rotated, False),
 }
 
 
@@ -200,31 +207,60 @@ def test_image_part_must_come_exactly_once_as_a_file(client: httpx.Client, face:
     def post(parts: list[tuple[str, Any]]) -> httpx.Response:
         return client.post(endpoint, files=parts)
 
-    _refused(client, post([*changes, ("picture", _face_part(face))]), 422, "invalid_request",
-             r"^image: Field required$")
-    _refused(client, post([*changes, image, image]), 422, "invalid_request",
-             r"^image: send exactly one 'image' part, not 2$")
-    _refused(client, post([*changes, ("image", (None, "a picture"))]), 422, "invalid_request",
-             r"^image: must be a file part \(one with a filename\), not a text field$")
-    _refused(client, post([*changes, image, ("extra", (None, "1"))]), 422, "invalid_request",
-             r"^extra: unexpected part; send only image")
+    _refused(
+        client, post([*changes, ("picture", _face_part(face))]), 422, "invalid_request", r"^image: Field required$"
+    )
+    _refused(
+        client, post([*changes, image, image]), 422, "invalid_request", r"^image: send exactly one 'image' part, not 2$"
+    )
+    _refused(
+        client,
+        post([*changes, ("image", (None, "a picture"))]),
+        422,
+        "invalid_request",
+        r"^image: must be a file part \(one with a filename\), not a text field$",
+    )
+    _refused(
+        client,
+        post([*changes, image, ("extra", (None, "1"))]),
+        422,
+        "invalid_request",
+        r"^extra: unexpected part; send only image",
+    )
     # Parts are counted as they stream in: a body of many tiny parts is cut short.
-    _refused(client, post([*changes, *[image] * 9]), 422, "invalid_request",
-             r"^body: invalid multipart body: Too many files\. Maximum number of files is 8\.$")
+    _refused(
+        client,
+        post([*changes, *[image] * 9]),
+        422,
+        "invalid_request",
+        r"^body: invalid multipart body: Too many files\. Maximum number of files is 8\.$",
+    )
     assert post([*changes, image]).status_code == 200  # and the well-formed request is answered
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_bodies_that_are_not_multipart_are_refused(client: httpx.Client, endpoint: str) -> None:
     parts = "image, changes" if endpoint == "/edit" else "image"
-    for headers, content in (({"content-type": "application/json"}, b'{"image": "abc"}'),
-                             ({"content-type": "application/x-www-form-urlencoded"}, b"image=abc"),
-                             ({}, b"abc")):
+    for headers, content in (
+        ({"content-type": "application/json"}, b'{"image": "abc"}'),
+        ({"content-type": "application/x-www-form-urlencoded"}, b"image=abc"),
+        ({}, b"abc"),
+    ):
         got = headers.get("content-type", "a body without a content type")
-        _refused(client, client.post(endpoint, content=content, headers=headers), 422, "invalid_request",
-                 rf"^body: send multipart/form-data with the parts {parts}, not {got}$")
-    _refused(client, client.post(endpoint, content=b"--x--", headers={"content-type": "multipart/form-data"}),
-             422, "invalid_request", r"^body: invalid multipart body: Missing boundary in multipart\.$")
+        _refused(
+            client,
+            client.post(endpoint, content=content, headers=headers),
+            422,
+            "invalid_request",
+            rf"^body: send multipart/form-data with the parts {parts}, not {got}$",
+        )
+    _refused(
+        client,
+        client.post(endpoint, content=b"--x--", headers={"content-type": "multipart/form-data"}),
+        422,
+        "invalid_request",
+        r"^body: invalid multipart body: Missing boundary in multipart\.$",
+    )
 
 
 def test_changes_field_must_come_exactly_once_as_standard_json(client: httpx.Client, face: np.ndarray) -> None:
@@ -234,28 +270,66 @@ def test_changes_field_must_come_exactly_once_as_standard_json(client: httpx.Cli
         return client.post("/edit", files=[image, *parts])
 
     _refused(client, edit(), 422, "invalid_request", r"^changes: Field required$")
-    _refused(client, edit(("changes", (None, "{}")), ("changes", (None, "{}"))), 422, "invalid_request",
-             r"^changes: send exactly one 'changes' part, not 2$")
-    _refused(client, edit(("changes", ("changes.json", b"{}", "application/json"))), 422, "invalid_request",
-             r"^changes: must be a text field, not a file part$")
+    _refused(
+        client,
+        edit(("changes", (None, "{}")), ("changes", (None, "{}"))),
+        422,
+        "invalid_request",
+        r"^changes: send exactly one 'changes' part, not 2$",
+    )
+    _refused(
+        client,
+        edit(("changes", ("changes.json", b"{}", "application/json"))),
+        422,
+        "invalid_request",
+        r"^changes: must be a text field, not a file part$",
+    )
     for token in ("NaN", "Infinity", "-Infinity"):
-        _refused(client, edit(("changes", (None, f'{{"Smiling": {token}}}'))), 422, "invalid_request",
-                 rf"^changes: not valid JSON \({token} is not a JSON number; send a finite number\)$")
-    _refused(client, edit(("changes", (None, "[" * 50_000))), 422, "invalid_request",
-             r"^changes: not valid JSON \(nested too deeply\)$")
-    _refused(client, edit(("changes", (None, " " * (MULTIPART_OVERHEAD + 1)))), 422, "invalid_request",
-             r"^body: invalid multipart body: Part exceeded maximum size of 64KB\.$")
+        _refused(
+            client,
+            edit(("changes", (None, f'{{"Smiling": {token}}}'))),
+            422,
+            "invalid_request",
+            rf"^changes: not valid JSON \({token} is not a JSON number; send a finite number\)$",
+        )
+    _refused(
+        client,
+        edit(("changes", (None, "[" * 50_000))),
+        422,
+        "invalid_request",
+        r"^changes: not valid JSON \(nested too deeply\)$",
+    )
+    _refused(
+        client,
+        edit(("changes", (None, " " * (MULTIPART_OVERHEAD + 1)))),
+        422,
+        "invalid_request",
+        r"^body: invalid multipart body: Part exceeded maximum size of 64KB\.$",
+    )
 
 
 # JSON bodies --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
-@pytest.mark.parametrize("template", ['{{"n": {}}}', '{{"zeta": {}}}', '{{"seed": {}}}',
-                                      '{{"attributes": {{"Smiling": {}}}}}', '{{"unexpected": [{}]}}'])
+@pytest.mark.parametrize(
+    "template",
+    [
+        '{{"n": {}}}',
+        '{{"zeta": {}}}',
+        '{{"seed": {}}}',
+        '{{"attributes": {{"Smiling": {}}}}}',
+        '{{"unexpected": [{}]}}',
+    ],
+)
 def test_nan_and_infinity_are_refused_anywhere_in_json(client: httpx.Client, template: str, token: str) -> None:
     """Python's json reads these tokens as floats; JSON has no such numbers, wherever they stand."""
     got = client.post("/generate", content=template.format(token), headers={"content-type": "application/json"})
-    _refused(client, got, 422, "invalid_request",
-             rf"^body: not valid JSON \({token} is not a JSON number; send a finite number\)$")
+    _refused(
+        client,
+        got,
+        422,
+        "invalid_request",
+        rf"^body: not valid JSON \({token} is not a JSON number; send a finite number\)$",
+    )
 
 
 @pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 50_000, b'{"attributes": ' + b"[" * 100_000])
@@ -293,8 +367,10 @@ def _stream_until_answered(
     sent, pending = 0, f"{len(opening):x}\r\n".encode() + opening + b"\r\n"
     deadline = time.monotonic() + 60
     with _connect(url) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
-                     f"Content-Type: {content_type}\r\n\r\n".encode())
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+            f"Content-Type: {content_type}\r\n\r\n".encode()
+        )
         sock.setblocking(False)
         while sent < offered:
             assert time.monotonic() < deadline, f"no answer after {sent:,} bytes"
@@ -316,11 +392,14 @@ def _stream_until_answered(
 IMAGE_PART_OPENING = b'--x\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n\x89PNG'
 
 
-@pytest.mark.parametrize("path, content_type, opening", [
-    ("/attributes", "multipart/form-data; boundary=x", IMAGE_PART_OPENING),
-    ("/edit", "multipart/form-data; boundary=x", IMAGE_PART_OPENING),
-    ("/generate", "application/json", b'{"attributes": {"Smiling": 1}, "pad": "'),
-])
+@pytest.mark.parametrize(
+    "path, content_type, opening",
+    [
+        ("/attributes", "multipart/form-data; boundary=x", IMAGE_PART_OPENING),
+        ("/edit", "multipart/form-data; boundary=x", IMAGE_PART_OPENING),
+        ("/generate", "application/json", b'{"attributes": {"Smiling": 1}, "pad": "'),
+    ],
+)
 def test_streamed_body_over_the_limit_is_refused_before_it_is_read_whole(
     server: str, client: httpx.Client, path: str, content_type: str, opening: bytes
 ) -> None:
@@ -336,8 +415,10 @@ def test_declared_length_over_the_limit_is_refused_before_any_body(
     server: str, client: httpx.Client, path: str
 ) -> None:
     with _connect(server) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {1 << 40}\r\n"
-                     "Content-Type: multipart/form-data; boundary=x\r\n\r\n".encode())
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {1 << 40}\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\n\r\n".encode()
+        )
         status, body = _answer(sock)  # answered without a byte of the body
     assert status == 413 and body == {"error": "payload_too_large", "detail": f"request body over {MAX_BODY} bytes"}
     assert client.get("/healthz").status_code == 200
@@ -356,8 +437,11 @@ def test_client_hanging_up_mid_upload_is_not_a_server_error(server: str, client:
 
     before = counts()
     with _connect(server) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n"
-                     "Content-Type: multipart/form-data; boundary=x\r\n\r\n".encode() + IMAGE_PART_OPENING)
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\n\r\n".encode()
+            + IMAGE_PART_OPENING
+        )
     deadline = time.monotonic() + 30
     while (after := counts()) == before:
         assert time.monotonic() < deadline, "the abandoned request was never counted"
@@ -387,8 +471,14 @@ def test_uploads_stay_in_memory(tiny_checkpoint: Path, temp_files: list[str]) ->
     settings = Settings(checkpoint=tiny_checkpoint, max_upload_bytes=8_000_000)
     assert 5_000_000 < len(photo) < settings.max_upload_bytes
     boundary = "b0undary"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
-            f"Content-Type: image/png\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + photo
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
 
     async def stock_parse() -> None:
         async def stream() -> AsyncGenerator[bytes, None]:

@@ -260,6 +260,7 @@ def test_palette_png_with_transparency_is_composited_on_white() -> None:
 
 def test_greyscale_and_alpha_images_decode() -> None:
     grey = Image.fromarray(np.array([[0, 128, 255]], dtype=np.uint8))
+
     def decoded_png(image: Image.Image) -> np.ndarray:
         return np.asarray(decode_upload(encode(image, "PNG"), MAX_PIXELS))
 
@@ -282,6 +283,9 @@ def test_exif_orientation_is_applied() -> None:
         assert stored.size == (40, 80)
     decoded = decode_upload(data, MAX_PIXELS)
     assert decoded.size == (80, 40)
-    quadrant_means = [np.asarray(decoded, dtype=float)[r : r + 20, c : c + 40][4:-4, 4:-4].mean(axis=(0, 1))
-                      for r in (0, 20) for c in (0, 40)]
+    quadrant_means = [
+        np.asarray(decoded, dtype=float)[r : r + 20, c : c + 40][4:-4, 4:-4].mean(axis=(0, 1))
+        for r in (0, 20)
+        for c in (0, 40)
+    ]
     np.testing.assert_allclose(quadrant_means, [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)], atol=10)

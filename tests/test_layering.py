@@ -47,8 +47,10 @@ def _imports(name: str, path: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def graph() -> dict[str, set[str]]:
     modules = _modules()
-    return {name: {m for m in _imports(name, path) if m in modules or m.startswith("bench")}
-            for name, path in modules.items()}
+    return {
+        name: {m for m in _imports(name, path) if m in modules or m.startswith("bench")}
+        for name, path in modules.items()
+    }
 
 
 def _package(module: str) -> str:
@@ -56,8 +58,12 @@ def _package(module: str) -> str:
 
 
 def test_each_package_imports_only_the_layers_below_it(graph: dict[str, set[str]]) -> None:
-    wrong = sorted(f"{module} imports {target}" for module, targets in graph.items() for target in targets
-                   if _package(target) != _package(module) and _package(target) not in ALLOWED[_package(module)])
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if _package(target) != _package(module) and _package(target) not in ALLOWED[_package(module)]
+    )
     assert not wrong, "\n".join(wrong)
 
 
@@ -75,7 +81,7 @@ def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
         state[module] = 1
         for target in sorted(graph.get(module, ())):
             if state.get(target) == 1:
-                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+                cycles.append(" -> ".join(path[path.index(target) :] + [target]))
             elif target in graph and target not in state:
                 visit(target, path + [target])
         state[module] = 2
@@ -101,31 +107,54 @@ def test_the_checks_see_a_cycle_and_a_wrong_layer(tmp_path: Path) -> None:
 
 
 def _trees(*folders: str) -> dict[Path, ast.Module]:
-    return {path: ast.parse(path.read_text(), str(path))
-            for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))}
+    return {
+        path: ast.parse(path.read_text(), str(path))
+        for folder in folders
+        for path in sorted((ROOT / folder).rglob("*.py"))
+    }
 
 
 def test_no_function_in_the_service_is_longer_than_60_lines() -> None:
-    long = sorted(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
-                  for path, tree in _trees("service").items() for node in ast.walk(tree)
-                  if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-                  and node.end_lineno - node.lineno + 1 > 60)
+    long = sorted(
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for path, tree in _trees("service").items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60
+    )
     assert not long, "\n".join(long)
 
 
 def test_nothing_reaches_into_another_objects_private_members() -> None:
     # The project's own private names (methods and attributes set on self), used on anything but self or cls.
     trees = _trees("cli", "model", "training", "service", "bench")
-    private = {node.name for tree in trees.values() for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef)
-               for node in cls.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-               and node.name.startswith("_") and not node.name.startswith("__")}
-    private |= {node.attr for tree in trees.values() for node in ast.walk(tree)
-                if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
-                and isinstance(node.value, ast.Name) and node.value.id == "self"
-                and node.attr.startswith("_") and not node.attr.startswith("__")}
+    private = {
+        node.name
+        for tree in trees.values()
+        for cls in ast.walk(tree)
+        if isinstance(cls, ast.ClassDef)
+        for node in cls.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.name.startswith("_")
+        and not node.name.startswith("__")
+    }
+    private |= {
+        node.attr
+        for tree in trees.values()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Store)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+    }
     assert "_executor" in private  # the Engine's: the scan sees what it should
-    reached = sorted(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}"
-                     for path, tree in trees.items() for node in ast.walk(tree)
-                     if isinstance(node, ast.Attribute) and node.attr in private
-                     and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")))
+    reached = sorted(
+        f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}"
+        for path, tree in trees.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr in private
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+    )
     assert not reached, "\n".join(reached)

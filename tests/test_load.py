@@ -41,8 +41,17 @@ def face(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_32_clients_over_every_endpoint_on_two_workers(tiny_checkpoint: Path, face: Path) -> None:
     env = {"JMVAE_LOG_LEVEL": "warning"}  # the access log is not what this measures
     with serve_subprocess(tiny_checkpoint, env, workers=2) as served:
-        report = asyncio.run(loadtest.run_load(served.url, face.read_bytes(), clients=32, seconds=20, warmup_s=5,
-                                               pid=served.process.pid, sample_every_s=0.5))
+        report = asyncio.run(
+            loadtest.run_load(
+                served.url,
+                face.read_bytes(),
+                clients=32,
+                seconds=20,
+                warmup_s=5,
+                pid=served.process.pid,
+                sample_every_s=0.5,
+            )
+        )
     print(loadtest.format_report(report))  # shown when an assertion fails
     total = report["total"]
     assert total["errors"] == 0, report["first_errors"]
@@ -56,8 +65,9 @@ def test_32_clients_over_every_endpoint_on_two_workers(tiny_checkpoint: Path, fa
     assert memory["growth_mb"] < 64, memory
 
 
-def test_503_with_retry_after_only_when_the_load_exceeds_the_queue(tiny_checkpoint: Path, face: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_503_with_retry_after_only_when_the_load_exceeds_the_queue(
+    tiny_checkpoint: Path, face: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     env = {"JMVAE_MAX_QUEUE": "1", "JMVAE_MAX_BATCH_SIZE": "1", "JMVAE_LOG_LEVEL": "warning"}
     with serve_subprocess(tiny_checkpoint, env) as served:
         common = ["--url", served.url, "--image", str(face), "--clients", "32", "--warmup", "1", "--json"]
@@ -65,7 +75,7 @@ def test_503_with_retry_after_only_when_the_load_exceeds_the_queue(tiny_checkpoi
         out = capsys.readouterr().out
         strict = loadtest.main([*common, "--seconds", "3"])
     assert overloaded == 0, out  # every answer was 2xx or a 503 carrying Retry-After
-    report = json.loads(out[out.index("{\n"):])
+    report = json.loads(out[out.index("{\n") :])
     assert report["total"]["shed"] > 0 and report["total"]["errors"] == 0
     assert set(report["total"]["outcomes"]) == {"200", "503"}
     for name, row in report["endpoints"].items():

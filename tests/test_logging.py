@@ -31,7 +31,8 @@ def _serve(checkpoint: Path, log: Path, **env: str) -> tuple[subprocess.Popen[by
     process = subprocess.Popen(
         [sys.executable, "-m", "jmvae.cli", "serve", "--port", str(port)],
         env={**os.environ, "JMVAE_CHECKPOINT": str(checkpoint), **env},
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -53,10 +54,12 @@ def test_serve_writes_json_lines_with_request_ids_and_never_the_key(tiny_checkpo
         with httpx.Client(base_url=url, timeout=30) as client:
             ok = client.get("/model", headers={"Authorization": f"Bearer {KEY}", "X-Request-ID": "trace-42"})
             wrong = client.get("/model", headers={"Authorization": f"Bearer {KEY}x", "X-Request-ID": "trace-43"})
-            forged = client.get("/model", headers={"Authorization": f"Bearer {KEY}",
-                                                   "X-Request-ID": "a b\"} {\"level\": \"forged"})
-            fresh = client.post("/generate", json={"attributes": {}, "n": 1},
-                                headers={"Authorization": f"Bearer {KEY}"})
+            forged = client.get(
+                "/model", headers={"Authorization": f"Bearer {KEY}", "X-Request-ID": 'a b"} {"level": "forged'}
+            )
+            fresh = client.post(
+                "/generate", json={"attributes": {}, "n": 1}, headers={"Authorization": f"Bearer {KEY}"}
+            )
     finally:
         process.terminate()
         # uvicorn re-raises the signal once it has shut down cleanly, as a shell expects.
@@ -64,7 +67,7 @@ def test_serve_writes_json_lines_with_request_ids_and_never_the_key(tiny_checkpo
     assert (ok.status_code, wrong.status_code, forged.status_code, fresh.status_code) == (200, 401, 200, 200)
     assert ok.headers["x-request-id"] == "trace-42" and wrong.headers["x-request-id"] == "trace-43"
     # A malformed id is replaced, not echoed into headers or logs.
-    assert forged.headers["x-request-id"] != "a b\"} {\"level\": \"forged"
+    assert forged.headers["x-request-id"] != 'a b"} {"level": "forged'
     assert len(fresh.headers["x-request-id"]) == 32
 
     text = log.read_text()
@@ -73,7 +76,12 @@ def test_serve_writes_json_lines_with_request_ids_and_never_the_key(tiny_checkpo
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
     access = {e["request_id"]: e["http"] for e in entries if e["logger"] == "jmvae.service.access"}
     assert access["trace-42"] | {"duration_ms": 0} == {
-        "method": "GET", "path": "/model", "status": 200, "duration_ms": 0, "client": "127.0.0.1"}
+        "method": "GET",
+        "path": "/model",
+        "status": 200,
+        "duration_ms": 0,
+        "client": "127.0.0.1",
+    }
     assert access["trace-43"]["status"] == 401
     assert access[forged.headers["x-request-id"]]["status"] == 200
     assert access[fresh.headers["x-request-id"]]["path"] == "/generate"
@@ -82,8 +90,13 @@ def test_serve_writes_json_lines_with_request_ids_and_never_the_key(tiny_checkpo
 
 
 def test_text_format_and_a_bad_setting_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "jmvae.cli", "serve"], capture_output=True, text=True,
-                            env={**os.environ, "JMVAE_LOG_FORMAT": "xml"}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "jmvae.cli", "serve"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JMVAE_LOG_FORMAT": "xml"},
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["jmvae serve: JMVAE_LOG_FORMAT: Input should be 'json' or 'text'"]
 
@@ -101,8 +114,10 @@ def test_an_unhandled_error_is_logged_once_with_its_request_id(caplog: pytest.Lo
 
     async def run() -> tuple[httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return (await client.get("/broken", headers={"X-Request-ID": "r-1"}),
-                    await client.get("/fine", headers={"X-Request-ID": "r-2"}))
+            return (
+                await client.get("/broken", headers={"X-Request-ID": "r-1"}),
+                await client.get("/fine", headers={"X-Request-ID": "r-2"}),
+            )
 
     with caplog.at_level("INFO", logger="jmvae"):
         broken_response, fine_response = asyncio.run(run())

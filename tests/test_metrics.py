@@ -21,16 +21,24 @@ from jmvae.training.metrics import FIELDS, METRICS, PER_ATTRIBUTE, family, markd
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "training.md"
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "service" / "default_model" / "MODEL_CARD.md"]
+PAGES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "service" / "default_model" / "MODEL_CARD.md",
+]
 # A backticked word that looks like a metric's name (or one of the old spellings: val_*, log_p_x_*, *_mean).
-METRIC_LIKE = re.compile(r"`((?:val_)?(?:log_p|kl_|elbo|attr_|coherence_|classifier_|majority_|vae_|cvae_|fig1a_)"
-                         r"[\w/<>]*)`")
+METRIC_LIKE = re.compile(
+    r"`((?:val_)?(?:log_p|kl_|elbo|attr_|coherence_|classifier_|majority_|vae_|cvae_|fig1a_)"
+    r"[\w/<>]*)`"
+)
 
 
 def _split(n: int = 24, size: int = 16) -> FaceArrays:
     rng = np.random.default_rng(0)
-    return FaceArrays(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-                      np.where(rng.random((n, 40)) < 0.3, 1, -1).astype(np.int8))
+    return FaceArrays(
+        rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+        np.where(rng.random((n, 40)) < 0.3, 1, -1).astype(np.int8),
+    )
 
 
 def test_the_docs_hold_the_code_table() -> None:
@@ -38,11 +46,21 @@ def test_the_docs_hold_the_code_table() -> None:
     text = DOCS.read_text()
     if table not in text:
         start = text.find("| name | meaning |")
-        shown = text[start:start + len(table)] if start >= 0 else ""
-        diff = "\n".join(difflib.unified_diff(shown.splitlines(), table.splitlines(), "docs/training.md",
-                                              "jmvae.training.metrics.markdown()", lineterm=""))
-        pytest.fail("docs/training.md's metric tables differ from training/metrics.py; paste "
-                    f"jmvae.training.metrics.markdown() in:\n{diff}", pytrace=False)
+        shown = text[start : start + len(table)] if start >= 0 else ""
+        diff = "\n".join(
+            difflib.unified_diff(
+                shown.splitlines(),
+                table.splitlines(),
+                "docs/training.md",
+                "jmvae.training.metrics.markdown()",
+                lineterm="",
+            )
+        )
+        pytest.fail(
+            "docs/training.md's metric tables differ from training/metrics.py; paste "
+            f"jmvae.training.metrics.markdown() in:\n{diff}",
+            pytrace=False,
+        )
 
 
 def test_one_rule_for_the_names() -> None:
@@ -66,10 +84,21 @@ def test_evaluate_emits_only_the_vocabulary(tiny_config: ModelConfig, kind: str)
     model = create_model(tiny_config.model_copy(update={"kind": kind}))
     metrics = evaluate(model, _split(), np.full(40, 0.3), alpha=0.1, k=2, n_w=2, batch_size=10)
     assert metrics and not unknown(metrics)
-    expected = {"jmvae": {"log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w", "attr_auc_kl",
-                          "attr_auc_zero", "attr_auc_served", "attr_acc_majority"},
-                "vae": {"log_px_single", "elbo"}, "cvae": {"log_px_given_w", "elbo"},
-                "classifier": {"attr_acc_classifier", "attr_auc_classifier", "attr_acc_majority"}}[kind]
+    expected = {
+        "jmvae": {
+            "log_px_multiple",
+            "log_px_single",
+            "log_pxw",
+            "log_px_given_w",
+            "attr_auc_kl",
+            "attr_auc_zero",
+            "attr_auc_served",
+            "attr_acc_majority",
+        },
+        "vae": {"log_px_single", "elbo"},
+        "cvae": {"log_px_given_w", "elbo"},
+        "classifier": {"attr_acc_classifier", "attr_auc_classifier", "attr_acc_majority"},
+    }[kind]
     assert expected <= metrics.keys()
 
 
@@ -80,8 +109,9 @@ def test_coherence_emits_only_the_vocabulary(tiny_model: JMVAE, tiny_config: Mod
 
 
 def test_the_pages_name_metrics_by_the_vocabulary() -> None:
-    found = {(page.relative_to(ROOT).as_posix(), name)
-             for page in PAGES for name in METRIC_LIKE.findall(page.read_text())}
+    found = {
+        (page.relative_to(ROOT).as_posix(), name) for page in PAGES for name in METRIC_LIKE.findall(page.read_text())
+    }
     assert len(found) > 10, found  # the extraction found the names the pages use
     wrong = sorted(f"{page}: `{name}`" for page, name in found if unknown([name]))
     assert not wrong, "names that training/metrics.py does not define:\n" + "\n".join(wrong)

@@ -79,8 +79,9 @@ def test_log_likelihoods_sum_over_every_value(tiny_model: JMVAE, batch) -> None:
 
 
 def test_learned_sigma_is_a_parameter_with_a_floor(tiny_config: ModelConfig, batch) -> None:
-    config = ModelConfig.model_validate(tiny_config.model_dump() | {
-        "image_likelihood": "gaussian-learned", "image_sigma": 0.2, "min_image_sigma": 0.05})
+    config = ModelConfig.model_validate(
+        tiny_config.model_dump() | {"image_likelihood": "gaussian-learned", "image_sigma": 0.2, "min_image_sigma": 0.05}
+    )
     model = JMVAE(config)
     assert "image_likelihood.log_sigma" in dict(model.named_parameters())
     x, _ = batch
@@ -88,8 +89,9 @@ def test_learned_sigma_is_a_parameter_with_a_floor(tiny_config: ModelConfig, bat
         model.image_likelihood.log_sigma.fill_(math.log(1e-6))
     floor = Normal(x, 0.05).log_prob(x).sum(dim=(1, 2, 3))
     torch.testing.assert_close(model.image_log_likelihood(x, x), floor)
-    assert "image_likelihood.log_sigma" not in dict(JMVAE(config.model_copy(update={"image_likelihood": "gaussian-fixed"}))
-                                         .named_parameters())
+    assert "image_likelihood.log_sigma" not in dict(
+        JMVAE(config.model_copy(update={"image_likelihood": "gaussian-fixed"})).named_parameters()
+    )
 
 
 def test_objective_terms_and_gradients(tiny_model: JMVAE, batch) -> None:
@@ -130,8 +132,9 @@ def test_served_attribute_probabilities_average_six_views(tiny_model, batch) -> 
         for zoom in ATTRIBUTE_VIEW_ZOOMS:
             view = reframe(x, torch.full((len(x),), zoom), torch.zeros((len(x), 2)))
             views += [view, view.flip(-1)]
-        expected = torch.stack([torch.sigmoid(tiny_model.decode_attributes(tiny_model.infer(x=v).mean))
-                                for v in views]).mean(0)
+        expected = torch.stack(
+            [torch.sigmoid(tiny_model.decode_attributes(tiny_model.infer(x=v).mean)) for v in views]
+        ).mean(0)
         single = torch.sigmoid(tiny_model.decode_attributes(tiny_model.infer(x=x).mean))
         mirrored = tiny_model.attribute_probabilities(x.flip(-1))
     assert served.shape == (len(x), 40) and ((served > 0) & (served < 1)).all()

@@ -61,8 +61,12 @@ def test_preprocessing_defaults_round_trip_and_scale() -> None:
 
 def test_preprocessing_of_older_checkpoints_reads_as_the_aligned_crop() -> None:
     # jmvae 0.1 cropped every training image with the fixed box and recorded the detector's box scale alone.
-    legacy = {"image_size": 64, "aligned_box": {"left": 21.4, "top": 55.85, "width": 135.2, "height": 135.2},
-              "detector_box_scale": 1.3, "normalisation": "unit"}
+    legacy = {
+        "image_size": 64,
+        "aligned_box": {"left": 21.4, "top": 55.85, "width": 135.2, "height": 135.2},
+        "detector_box_scale": 1.3,
+        "normalisation": "unit",
+    }
     p = Preprocessing.model_validate(legacy)
     assert p.crop == "aligned" and p.aligned_box.left == 21.4
     assert Preprocessing.model_validate_json(p.model_dump_json()) == p

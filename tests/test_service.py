@@ -30,8 +30,14 @@ def face_png() -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path):
-    settings = Settings(checkpoint=tiny_checkpoint, max_batch_size=8, max_batch_wait_ms=30, max_upload_bytes=200_000,
-                        max_image_pixels=1_000_000, max_faces=6)
+    settings = Settings(
+        checkpoint=tiny_checkpoint,
+        max_batch_size=8,
+        max_batch_wait_ms=30,
+        max_upload_bytes=200_000,
+        max_image_pixels=1_000_000,
+        max_faces=6,
+    )
     with running_server(settings) as url:
         yield url
 
@@ -103,8 +109,9 @@ def test_a_client_box_replaces_detection(client: httpx.Client, face_png: bytes, 
     assert body["face_detected"] is False and body["faces_found"] == 0 and "box sent" in body["note"]
     # Another box, another crop: the box is the face, and the crop is it grown x1.3 about its centre.
     corner = {"left": 0, "top": 0, "width": 40, "height": 40}
-    moved = client.post(endpoint, files={"image": ("face.png", face_png, "image/png")},
-                        data=data | {"box": json.dumps(corner)}).json()
+    moved = client.post(
+        endpoint, files={"image": ("face.png", face_png, "image/png")}, data=data | {"box": json.dumps(corner)}
+    ).json()
     assert moved["box"] == pytest.approx({"left": -6, "top": -6, "width": 52, "height": 52})
     assert moved["probabilities"] != detected["probabilities"]
 
@@ -128,14 +135,18 @@ def test_a_client_box_replaces_detection(client: httpx.Client, face_png: bytes, 
     ],
 )
 @pytest.mark.parametrize("endpoint", ["/attributes", "/edit"])
-def test_bad_boxes_are_422_naming_the_box(client: httpx.Client, face_png: bytes, endpoint: str, box, pattern: str
-                                          ) -> None:
+def test_bad_boxes_are_422_naming_the_box(
+    client: httpx.Client, face_png: bytes, endpoint: str, box, pattern: str
+) -> None:
     data = {"changes": "{}"} if endpoint == "/edit" else {}
     text = box if isinstance(box, str) else json.dumps(box)
     r = client.post(endpoint, files={"image": ("face.png", face_png, "image/png")}, data=data | {"box": text})
     _error(r, 422, "box.*" + pattern)
-    two = client.post(endpoint, files=[("image", ("face.png", face_png, "image/png")), ("box", (None, "{}")),
-                                       ("box", (None, "{}"))], data=data)
+    two = client.post(
+        endpoint,
+        files=[("image", ("face.png", face_png, "image/png")), ("box", (None, "{}")), ("box", (None, "{}"))],
+        data=data,
+    )
     _error(two, 422, "box.*at most one")
 
 
@@ -186,39 +197,63 @@ def test_generate_png(client: httpx.Client) -> None:
     assert as_json.headers["content-type"] == "application/json"
 
 
-@pytest.mark.parametrize("accept, media, fmt", [("image/jpeg", "image/jpeg", "JPEG"), ("image/webp", "image/webp", "WEBP"),
-                                                ("image/webp, image/png", "image/png", "PNG"),
-                                                ("image/jpeg;q=0.9, image/webp", "image/webp", "WEBP")])
-def test_generate_and_edit_answer_the_image_type_asked_for(client: httpx.Client, face_png: bytes, accept: str,
-                                                           media: str, fmt: str) -> None:
+@pytest.mark.parametrize(
+    "accept, media, fmt",
+    [
+        ("image/jpeg", "image/jpeg", "JPEG"),
+        ("image/webp", "image/webp", "WEBP"),
+        ("image/webp, image/png", "image/png", "PNG"),
+        ("image/jpeg;q=0.9, image/webp", "image/webp", "WEBP"),
+    ],
+)
+def test_generate_and_edit_answer_the_image_type_asked_for(
+    client: httpx.Client, face_png: bytes, accept: str, media: str, fmt: str
+) -> None:
     lossless = np.asarray(_png(client.post("/generate", json={"n": 0, "seed": 3}).json()["average_face"]))
-    for response in (client.post("/generate", json={"n": 0, "seed": 3}, headers={"Accept": accept}),
-                     client.post("/edit", files={"image": ("f.png", face_png, "image/png")}, data={"changes": "{}"},
-                                 headers={"Accept": accept})):
+    for response in (
+        client.post("/generate", json={"n": 0, "seed": 3}, headers={"Accept": accept}),
+        client.post(
+            "/edit",
+            files={"image": ("f.png", face_png, "image/png")},
+            data={"changes": "{}"},
+            headers={"Accept": accept},
+        ),
+    ):
         assert response.status_code == 200 and response.headers["content-type"] == media
         image = Image.open(io.BytesIO(response.content))
         assert image.format == fmt and image.size == (32, 32)
     # The average face, lossy or not, is the same picture as the JSON's lossless PNG.
-    average = np.asarray(Image.open(io.BytesIO(
-        client.post("/generate", json={"n": 0, "seed": 3}, headers={"Accept": accept}).content)).convert("RGB"))
+    average = np.asarray(
+        Image.open(
+            io.BytesIO(client.post("/generate", json={"n": 0, "seed": 3}, headers={"Accept": accept}).content)
+        ).convert("RGB")
+    )
     assert np.abs(average.astype(int) - lossless.astype(int)).mean() < 8
 
 
 # /edit ------------------------------------------------------------------------------------------------------
 def test_edit_contract(client: httpx.Client, face_png: bytes) -> None:
-    r = client.post("/edit", files={"image": ("face.png", face_png, "image/png")},
-                    data={"changes": json.dumps({"Smiling": 2, "Eyeglasses": 1})})
+    r = client.post(
+        "/edit",
+        files={"image": ("face.png", face_png, "image/png")},
+        data={"changes": json.dumps({"Smiling": 2, "Eyeglasses": 1})},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["edited_attributes"]["Smiling"] == 2 and body["edited_attributes"]["Eyeglasses"] == 1
     assert set(body["attributes"].values()) <= {-1.0, 1.0}
     assert body["attributes"] == {n: (1.0 if p >= 0.5 else -1.0) for n, p in body["probabilities"].items()}
-    x, xm, xpm, edited = (np.asarray(_png(body[k]), np.int16)
-                          for k in ("input_face", "x_mean", "x_prime_mean", "edited_face"))
+    x, xm, xpm, edited = (
+        np.asarray(_png(body[k]), np.int16) for k in ("input_face", "x_mean", "x_prime_mean", "edited_face")
+    )
     assert x.shape == edited.shape == (32, 32, 3)
     np.testing.assert_array_equal(edited, np.clip(x + xpm - xm, 0, 255))  # x′ = x + x′_mean − x_mean
-    png = client.post("/edit", files={"image": ("face.png", face_png, "image/png")},
-                      data={"changes": '{"Smiling": 2, "Eyeglasses": 1}'}, headers={"Accept": "image/png"})
+    png = client.post(
+        "/edit",
+        files={"image": ("face.png", face_png, "image/png")},
+        data={"changes": '{"Smiling": 2, "Eyeglasses": 1}'},
+        headers={"Accept": "image/png"},
+    )
     assert png.headers["content-type"] == "image/png"
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content)), np.int16), edited)
 
@@ -322,9 +357,9 @@ def test_concurrent_requests_share_a_batch(server: str, client: httpx.Client, fa
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(base_url=server, timeout=30) as c:
-            responses = await asyncio.gather(*(
-                c.post("/attributes", files={"image": ("f.png", face_png, "image/png")}) for _ in range(16)
-            ))
+            responses = await asyncio.gather(
+                *(c.post("/attributes", files={"image": ("f.png", face_png, "image/png")}) for _ in range(16))
+            )
         return [r.status_code for r in responses]
 
     assert asyncio.run(burst()) == [200] * 16
@@ -334,8 +369,12 @@ def test_concurrent_requests_share_a_batch(server: str, client: httpx.Client, fa
     assert items == 16 and batches < 16, (batches, items)  # fewer forward passes than requests
     assert 'jmvae_requests_total{endpoint="/attributes",method="POST",status="200"}' in metrics
     assert 'jmvae_request_seconds_bucket{endpoint="/attributes",le="0.005",method="POST",status="200"}' in metrics
-    for name in ("jmvae_queue_wait_seconds_count", "jmvae_model_seconds_count", "jmvae_queue_depth",
-                 "jmvae_device_memory_bytes"):
+    for name in (
+        "jmvae_queue_wait_seconds_count",
+        "jmvae_model_seconds_count",
+        "jmvae_queue_depth",
+        "jmvae_device_memory_bytes",
+    ):
         assert name in metrics, name
 
 
@@ -397,7 +436,9 @@ def test_cors(tiny_checkpoint: Path) -> None:
     with running_server(settings) as url, httpx.Client(base_url=url) as c:
         r = c.options("/generate", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
         assert r.headers["access-control-allow-origin"] == "https://app.example"
-        assert "access-control-allow-origin" not in c.get("/healthz", headers={"Origin": "https://evil.example"}).headers
+        assert (
+            "access-control-allow-origin" not in c.get("/healthz", headers={"Origin": "https://evil.example"}).headers
+        )
 
 
 @pytest.mark.unit
@@ -419,8 +460,10 @@ def test_serve_refuses_a_bad_checkpoint_with_one_line(tmp_path: Path, tiny_check
 
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(tiny_checkpoint.read_bytes()[:1000])
-    for path, reason in ((tmp_path / "missing.safetensors", "no such checkpoint"),
-                         (truncated, "not a readable safetensors file")):
+    for path, reason in (
+        (tmp_path / "missing.safetensors", "no such checkpoint"),
+        (truncated, "not a readable safetensors file"),
+    ):
         assert main(["serve", "--checkpoint", str(path), "--port", "1"]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and reason in err and str(path) in err
@@ -444,12 +487,13 @@ def _with_preprocessing(source: Path, target: Path, **changes: object) -> Path:
         ({"detection": {"cascade": "haarcascade_profileface.xml"}}, "unknown face cascade"),
     ],
 )
-def test_a_checkpoint_trained_on_another_crop_is_refused(tmp_path: Path, tiny_checkpoint: Path, capsys,
-                                                         changes: dict, reason: str) -> None:
+def test_a_checkpoint_trained_on_another_crop_is_refused(
+    tmp_path: Path, tiny_checkpoint: Path, capsys, changes: dict, reason: str
+) -> None:
+    from jmvae.cli import main
     from jmvae.model.checkpoint import CheckpointError, read_checkpoint
     from jmvae.model.preprocess import FaceDetection
     from jmvae.service.app import create_app
-    from jmvae.cli import main
 
     if "detection" in changes:
         detection = read_checkpoint(tiny_checkpoint).meta.preprocessing.detection
@@ -469,15 +513,19 @@ def test_a_checkpoint_trained_on_another_crop_is_refused(tmp_path: Path, tiny_ch
         asyncio.run(start())
 
 
-def test_a_checkpoint_with_other_detector_parameters_is_served_with_them(tmp_path: Path, tiny_checkpoint: Path,
-                                                                          face_png: bytes) -> None:
+def test_a_checkpoint_with_other_detector_parameters_is_served_with_them(
+    tmp_path: Path, tiny_checkpoint: Path, face_png: bytes
+) -> None:
     # The same detector with other parameters is the same crop: the service applies the checkpoint's own.
     from jmvae.model.checkpoint import read_checkpoint
     from jmvae.model.preprocess import FaceDetection
 
     detection = read_checkpoint(tiny_checkpoint).meta.preprocessing.detection
-    path = _with_preprocessing(tiny_checkpoint, tmp_path / "wide.safetensors",
-                               detection=FaceDetection.model_validate(detection.model_dump() | {"box_scale": 1.6}))
+    path = _with_preprocessing(
+        tiny_checkpoint,
+        tmp_path / "wide.safetensors",
+        detection=FaceDetection.model_validate(detection.model_dump() | {"box_scale": 1.6}),
+    )
     with running_server(Settings(checkpoint=path)) as url:
         body = httpx.post(url + "/attributes", files={"image": ("face.png", face_png, "image/png")}, timeout=30).json()
     assert body["face_detected"] and body["box"]["width"] == pytest.approx(1.6 * body["face_box"]["width"])

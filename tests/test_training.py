@@ -15,19 +15,24 @@ import pytest
 import torch
 from tiny_configs import write_tiny_run
 
+from jmvae.cli import main
 from jmvae.model.checkpoint import Checkpoint, load_model, read_checkpoint, save_checkpoint
 from jmvae.model.preprocess import normalise
 from jmvae.training.augment import augment
-from jmvae.cli import main
 from jmvae.training.config import load_config
 from jmvae.training.metrics import FIELDS, unknown
 from jmvae.training.report import FIGURE_ATTRIBUTES
 from jmvae.training.synthetic import RENDERED_ATTRIBUTES, synthetic_dataset
 
 # The tiny run, wider (steps of an epoch: 300 / 50 = 6) and with room to learn the attributes.
-TRAINING = {"val_k": 3, "val_n_w": 3, "val_max_examples": 100, "log_every": 2,
-            "model": {"latent_dim": 16, "conv_channels": [16, 32, 32], "dense_units": 128, "attribute_units": 64},
-            "synthetic": {"n_train": 300, "n_val": 100}}
+TRAINING = {
+    "val_k": 3,
+    "val_n_w": 3,
+    "val_max_examples": 100,
+    "log_every": 2,
+    "model": {"latent_dim": 16, "conv_channels": [16, 32, 32], "dense_units": 128, "attribute_units": 64},
+    "synthetic": {"n_train": 300, "n_val": 100},
+}
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +103,25 @@ def test_run_writes_checkpoints_metrics_and_config(reference_run: Path, capsys) 
 
 def test_eval_command(reference_run: Path, capsys) -> None:
     checkpoint = str(reference_run / "final.safetensors")
-    assert main(["eval", "--checkpoint", checkpoint, "--data", "synthetic", "--split", "val", "--k", "3",
-                 "--max-examples", "40", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                checkpoint,
+                "--data",
+                "synthetic",
+                "--split",
+                "val",
+                "--k",
+                "3",
+                "--max-examples",
+                "40",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["examples"] == 40 and "summed over all" in report["convention"]
     for key in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w", "attr_acc_kl", "attr_acc_majority"):
@@ -107,18 +129,23 @@ def test_eval_command(reference_run: Path, capsys) -> None:
     assert 0 <= report["attr_acc_kl"] <= 1 and not unknown(report)
 
 
-@pytest.mark.parametrize("augmentation", [{"hflip": True}, {"jitter_scale": 0.07, "jitter_shift": 0.016}],
-                         ids=["hflip", "jitter"])
-def test_augmentation_changes_training_but_stays_reproducible(tmp_path: Path, tiny_toml: Path, augmentation: dict,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "augmentation", [{"hflip": True}, {"jitter_scale": 0.07, "jitter_shift": 0.016}], ids=["hflip", "jitter"]
+)
+def test_augmentation_changes_training_but_stays_reproducible(
+    tmp_path: Path, tiny_toml: Path, augmentation: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # What the trainer's batches became: each face's output is its input (True), its mirror image (False), or
     # neither (None); faces that are their own mirror image say nothing and are left out.
     seen: list[bool | None] = []
 
     def watched(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         out = augment(x, *args, **kwargs)
-        seen.extend(torch.equal(o, f) if torch.equal(o, f) or torch.equal(o, f.flip(-1)) else None
-                    for o, f in zip(out, x) if not torch.equal(f, f.flip(-1)))
+        seen.extend(
+            torch.equal(o, f) if torch.equal(o, f) or torch.equal(o, f.flip(-1)) else None
+            for o, f in zip(out, x)
+            if not torch.equal(f, f.flip(-1))
+        )
         return out
 
     monkeypatch.setattr("jmvae.training.trainer.augment", watched)
@@ -172,8 +199,7 @@ def test_jitter_reframes_each_face_within_its_range_and_stays_reproducible() -> 
     assert ((out[..., 7, 7] >= lower - 0.35) & (out[..., 7, 7] <= upper + 0.35)).float().mean() > 0.9
 
 
-def test_shift_moves_each_face_by_at_most_shift_pixels_and_stays_reproducible(tmp_path: Path, tiny_toml: Path
-                                                                              ) -> None:
+def test_shift_moves_each_face_by_at_most_shift_pixels_and_stays_reproducible(tmp_path: Path, tiny_toml: Path) -> None:
     faces = torch.rand(64, 3, 16, 16)
     shifted = augment(faces, torch.Generator().manual_seed(0), hflip=False, shift=3)
     again = augment(faces, torch.Generator().manual_seed(0), hflip=False, shift=3)
@@ -181,7 +207,9 @@ def test_shift_moves_each_face_by_at_most_shift_pixels_and_stays_reproducible(tm
     padded = torch.nn.functional.pad(faces, (3, 3, 3, 3), mode="replicate")
     offsets = set()
     for face, out in zip(padded, shifted):
-        found = [(dy, dx) for dy in range(7) for dx in range(7) if torch.equal(face[:, dy:dy + 16, dx:dx + 16], out)]
+        found = [
+            (dy, dx) for dy in range(7) for dx in range(7) if torch.equal(face[:, dy : dy + 16, dx : dx + 16], out)
+        ]
         assert found, "every output is a crop of its own padded face"
         offsets.add(found[0])
     assert len(offsets) > 10  # offsets are drawn per face, not per batch
@@ -213,16 +241,18 @@ def test_resume_of_a_run_written_before_the_metric_vocabulary(tmp_path: Path, ti
     out = tmp_path / "run"
     assert _train(out, tiny_toml, "--epochs", "1") == 0
     log = out / "metrics.jsonl"
-    old = [r if r["kind"] == "train" else {k if k in FIELDS else f"val_{k}": v for k, v in r.items()}
-           for r in map(json.loads, log.read_text().splitlines())]
+    old = [
+        r if r["kind"] == "train" else {k if k in FIELDS else f"val_{k}": v for k, v in r.items()}
+        for r in map(json.loads, log.read_text().splitlines())
+    ]
     log.write_text("".join(json.dumps(r) + "\n" for r in old))
     last = read_checkpoint(out / "last.safetensors")
     meta = last.meta.model_copy(update={"metrics": {f"val_{k}": v for k, v in last.meta.metrics.items()}})
     save_checkpoint(out / "last.safetensors", Checkpoint(meta, last.model_state, last.state_tensors, last.state_json))
     assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert records[:len(old)] == old  # the old records are left as they were
-    new_val = [r for r in records[len(old):] if r["kind"] == "val"]
+    assert records[: len(old)] == old  # the old records are left as they were
+    new_val = [r for r in records[len(old) :] if r["kind"] == "val"]
     assert [r["epoch"] for r in new_val] == [2] and not unknown(new_val[0])
     assert "val_elbo" in old[-1] and "elbo" in new_val[0]
     assert not unknown(load_model(out / "final.safetensors")[1].metrics)
@@ -240,8 +270,20 @@ def test_resume_guards(tmp_path: Path, tiny_toml: Path, reference_run: Path, cap
 @pytest.mark.slow
 def test_sigterm_saves_and_resume_matches(tmp_path: Path, tiny_toml: Path, reference_run: Path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jmvae.cli", "train", "--data", "synthetic", "--out", str(out),
-           "--config", str(tiny_toml), "--epochs", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jmvae.cli",
+        "train",
+        "--data",
+        "synthetic",
+        "--out",
+        str(out),
+        "--config",
+        str(tiny_toml),
+        "--epochs",
+        "3",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -261,12 +303,25 @@ def test_sigterm_saves_and_resume_matches(tmp_path: Path, tiny_toml: Path, refer
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_resumes_from_the_last_epoch_and_matches(tmp_path: Path, tiny_toml: Path,
-                                                                   reference_run: Path) -> None:
+def test_sigkill_mid_epoch_resumes_from_the_last_epoch_and_matches(
+    tmp_path: Path, tiny_toml: Path, reference_run: Path
+) -> None:
     """SIGKILL gives no chance to save: the steps since the last whole epoch are lost and trained again."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jmvae.cli", "train", "--data", "synthetic", "--out", str(out),
-           "--config", str(tiny_toml), "--epochs", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jmvae.cli",
+        "train",
+        "--data",
+        "synthetic",
+        "--out",
+        str(out),
+        "--config",
+        str(tiny_toml),
+        "--epochs",
+        "3",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = out / "metrics.jsonl"
 
@@ -293,8 +348,9 @@ def test_sigkill_mid_epoch_resumes_from_the_last_epoch_and_matches(tmp_path: Pat
 @pytest.mark.slow
 def test_image_to_attribute_accuracy_beats_majority(tmp_path: Path) -> None:
     # σ = 0.3 weighs the image term less than the default, so 8 short epochs leave room for the attributes.
-    config = write_tiny_run(tmp_path / "more-data.toml", TRAINING, synthetic={"n_train": 2000},
-                            model={"image_sigma": 0.3})
+    config = write_tiny_run(
+        tmp_path / "more-data.toml", TRAINING, synthetic={"n_train": 2000}, model={"image_sigma": 0.3}
+    )
     out = tmp_path / "run"
     assert _train(out, config, "--epochs", "8") == 0
     model, meta = load_model(out / "final.safetensors")
@@ -315,9 +371,27 @@ def test_image_to_attribute_accuracy_beats_majority(tmp_path: Path) -> None:
 def test_ddp_two_gloo_processes(tmp_path: Path, tiny_toml: Path) -> None:
     out = tmp_path / "ddp"
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "jmvae.cli", "train", "--data", "synthetic", "--out", str(out), "--config",
-           str(tiny_toml), "--epochs", "1", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "jmvae.cli",
+        "train",
+        "--data",
+        "synthetic",
+        "--out",
+        str(out),
+        "--config",
+        str(tiny_toml),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -337,17 +411,50 @@ def companions(tmp_path_factory: pytest.TempPathFactory, tiny_toml: Path) -> dic
     return {kind: out / kind / "final.safetensors" for kind in ("classifier", "vae", "cvae")}
 
 
-def test_eval_report_writes_every_key_and_figure(reference_run: Path, companions: dict[str, Path],
-                                                 tmp_path: Path) -> None:
+def test_eval_report_writes_every_key_and_figure(
+    reference_run: Path, companions: dict[str, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "report"
-    assert main(["eval", "--checkpoint", str(reference_run / "final.safetensors"), "--data", "synthetic",
-                 "--k", "2", "--nw", "2", "--max-examples", "40", "--out", str(out), "--no-progress",
-                 *(a for kind, path in companions.items() for a in (f"--{kind}", str(path)))]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(reference_run / "final.safetensors"),
+                "--data",
+                "synthetic",
+                "--k",
+                "2",
+                "--nw",
+                "2",
+                "--max-examples",
+                "40",
+                "--out",
+                str(out),
+                "--no-progress",
+                *(a for kind, path in companions.items() for a in (f"--{kind}", str(path))),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["units"] == "nats per image" and "summed over all" in metrics["convention"]
-    for key in ("log_px_multiple", "log_px_single", "log_px_given_w", "log_pxw", "attr_acc_kl",
-                "attr_auc_kl", "attr_acc_majority", "attr_auc_kl/Smiling", "attr_acc_kl/Male", "vae_log_px_single",
-                "cvae_log_px_given_w", "coherence_auc", "coherence_acc", "attr_auc_classifier"):
+    for key in (
+        "log_px_multiple",
+        "log_px_single",
+        "log_px_given_w",
+        "log_pxw",
+        "attr_acc_kl",
+        "attr_auc_kl",
+        "attr_acc_majority",
+        "attr_auc_kl/Smiling",
+        "attr_acc_kl/Male",
+        "vae_log_px_single",
+        "cvae_log_px_given_w",
+        "coherence_auc",
+        "coherence_acc",
+        "attr_auc_classifier",
+    ):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), (key, metrics[key])
     assert not unknown(metrics)  # every name in training/metrics.py
     # The judge must be able to judge: it reads the 21 rendered attributes off real synthetic faces (the other 19
@@ -377,9 +484,26 @@ def test_eval_report_writes_every_key_and_figure(reference_run: Path, companions
     assert f"| Bald | {metrics['fig1a_typical_p/Bald']:.2f} | {metrics['fig1a_average_p/Bald']:.2f} |" in report
 
 
-def test_eval_refuses_a_companion_of_the_wrong_kind(reference_run: Path, companions: dict[str, Path],
-                                                    tmp_path: Path, capsys) -> None:
-    assert main(["eval", "--checkpoint", str(reference_run / "final.safetensors"), "--data", "synthetic",
-                 "--max-examples", "10", "--out", str(tmp_path), "--no-progress",
-                 "--classifier", str(companions["vae"])]) != 0
+def test_eval_refuses_a_companion_of_the_wrong_kind(
+    reference_run: Path, companions: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(reference_run / "final.safetensors"),
+                "--data",
+                "synthetic",
+                "--max-examples",
+                "10",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+                "--classifier",
+                str(companions["vae"]),
+            ]
+        )
+        != 0
+    )
     assert "expected a classifier" in capsys.readouterr().err

@@ -177,12 +177,15 @@ def test_read_edit_and_generate(page: Page, server: str, uploads: dict[str, Path
     page.on("request", lambda request: edits.append(request.url) if request.url.endswith("/edit") else None)
     name = absent.removeprefix("attr-")
     with page.expect_response("**/edit") as response:
-        page.eval_on_selector(f"#{absent}", """input => {
+        page.eval_on_selector(
+            f"#{absent}",
+            """input => {
             for (const value of ["1", "-2", "0.5", "1.5"]) {
                 input.value = value;
                 input.dispatchEvent(new Event("input", {bubbles: true}));
             }
-        }""")
+        }""",
+        )
     answer = response.value.json()
     assert len(edits) == 1
     assert answer["edited_attributes"] == answer["attributes"] | {name: 1.5}
@@ -218,10 +221,13 @@ def test_generate_without_a_photo_completes_the_attributes_the_sliders_leave(pag
     moustache is a man's and rules out No_Beard) and the sliders show the vector it used."""
     open_page(page, server)
     assert page.input_value("#attr-Male") == "-1" and page.input_value("#attr-No_Beard") == "1"
-    page.eval_on_selector("#attr-Mustache", """input => {
+    page.eval_on_selector(
+        "#attr-Mustache",
+        """input => {
         input.value = "2";
         input.dispatchEvent(new Event("input", {bubbles: true}));
-    }""")
+    }""",
+    )
     page.fill("#count", "1")
     with page.expect_request("**/generate") as request:
         page.click("#generate")
@@ -250,9 +256,15 @@ def test_errors_are_readable(page: Page, server: str, uploads: dict[str, Path]) 
     screenshot(page, "7-not-a-face")
 
     # A full queue is hard to hit on cue from a browser; the page gets the service's exact 503 answer instead.
-    page.route("**/edit", lambda route: route.fulfill(
-        status=503, headers={"Retry-After": "1"}, content_type="application/json",
-        body=json.dumps({"error": "overloaded", "detail": "the queue is full; retry after a short wait"})))
+    page.route(
+        "**/edit",
+        lambda route: route.fulfill(
+            status=503,
+            headers={"Retry-After": "1"},
+            content_type="application/json",
+            body=json.dumps({"error": "overloaded", "detail": "the queue is full; retry after a short wait"}),
+        ),
+    )
     upload(page, uploads["face.png"])
     assert page.inner_text("#error") == "The service is busy. Try again in 1 s."
     screenshot(page, "8-error-busy")
@@ -306,8 +318,9 @@ def test_phone_width(browser: Browser, server: str, uploads: dict[str, Path]) ->
 def test_every_control_has_a_label(page: Page, server: str) -> None:
     open_page(page, server)
     unlabelled = page.eval_on_selector_all(
-        "input, button", "nodes => nodes.filter(n => n.labels?.length === 0 && !n.textContent.trim())"
-        ".map(n => n.id || n.outerHTML)")
+        "input, button",
+        "nodes => nodes.filter(n => n.labels?.length === 0 && !n.textContent.trim()).map(n => n.id || n.outerHTML)",
+    )
     assert unlabelled == []
     assert page.locator("#sliders input[type=range]").count() == 40
     assert page.get_by_label("Smiling", exact=True).get_attribute("type") == "range"
@@ -317,12 +330,15 @@ def test_every_control_has_a_label(page: Page, server: str) -> None:
 @pytest.mark.slow
 def test_a_photo_dropped_on_the_page_is_read(page: Page, server: str, uploads: dict[str, Path]) -> None:
     open_page(page, server)
-    transfer = page.evaluate_handle("""data => {
+    transfer = page.evaluate_handle(
+        """data => {
         const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
         const transfer = new DataTransfer();
         transfer.items.add(new File([bytes], "face.png", {type: "image/png"}));
         return transfer;
-    }""", base64.b64encode(uploads["face.png"].read_bytes()).decode())
+    }""",
+        base64.b64encode(uploads["face.png"].read_bytes()).decode(),
+    )
     page.dispatch_event("main", "dragover", {"dataTransfer": transfer})
     assert "dragging" in (page.get_attribute("#drop-zone", "class") or "")
     page.dispatch_event("main", "drop", {"dataTransfer": transfer})

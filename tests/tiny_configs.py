@@ -22,8 +22,13 @@ TINY_RUN: dict[str, object] = {
     "val_n_w": 2,
     "val_max_examples": 50,
     "progress": False,
-    "model": {"image_size": 32, "latent_dim": 8, "conv_channels": [8, 16, 16], "dense_units": 32,
-              "attribute_units": 16},
+    "model": {
+        "image_size": 32,
+        "latent_dim": 8,
+        "conv_channels": [8, 16, 16],
+        "dense_units": 32,
+        "attribute_units": 16,
+    },
     "preprocessing": {"image_size": 32},
     "synthetic": {"n_train": 200, "n_val": 50, "n_test": 0},
 }
