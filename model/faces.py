@@ -100,6 +100,12 @@ class FaceCropper:
                 box, source = self._fallback_box(*rgb.size), "fallback"
         return FaceCrop(box, source, faces, crop_face(rgb, box, self.preprocessing.image_size))
 
+    def crop_each(self, image: Image.Image, faces: tuple[Face, ...]) -> list[np.ndarray]:
+        """The model input of each face (as `crop` frames the most confident one), for answering every face."""
+        rgb = to_rgb(image)
+        size = self.preprocessing.image_size
+        return [crop_face(rgb, face.box.scaled(self.detection.box_scale), size) for face in faces]
+
     def detect(self, image: Image.Image) -> list[Face]:
         """The faces in `image` that pass the detector, most confident first."""
         rgb = to_rgb(image)

@@ -11,15 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from jmvae.model.editing import edit_face, read_attributes, with_changes
-from jmvae.model.faces import FaceCrop, FaceCropper
+from jmvae.model.faces import Face, FaceCrop, FaceCropper
+from jmvae.model.preprocess import CropBox
 
 from .encoding import png_base64
 from .engine import Engine, Generated, GenerateJob
-from .faces import BadBox, check_inside, face_fields, parse_box
+from .faces import BadBox, as_box, check_inside, face_fields, parse_box
 from .images import decode_upload
-from .schemas import AttributesResponse, EditResponse, GenerateRequest, GenerateResponse
+from .schemas import AttributesResponse, DetectedFace, EditResponse, GenerateRequest, GenerateResponse
 from .settings import Settings
 
 
@@ -67,6 +69,16 @@ class Core:
     def crop(self, photo: bytes, box: str | None = None) -> FaceCrop:
         """Decodes an uploaded photo (ImageRejected when it is not one the service takes) and crops its face:
         around `box`, the `box` form field's JSON, or else around the most confident detection."""
+        return self.cropper.crop(*self._decode(photo, box))
+
+    def crop_every_face(self, photo: bytes, box: str | None = None) -> tuple[FaceCrop, list[np.ndarray]]:
+        """`crop`, and the model inputs of the next most confident faces, up to max_faces_per_photo in all."""
+        image, face_box = self._decode(photo, box)
+        face = self.cropper.crop(image, face_box)
+        others = face.faces[1 : self.settings.max_faces_per_photo] if face.detected else ()
+        return face, self.cropper.crop_each(image, others)
+
+    def _decode(self, photo: bytes, box: str | None) -> tuple[Image.Image, CropBox | None]:
         try:
             face_box = parse_box(box) if box is not None else None  # before the costly decode
             image = decode_upload(photo, self.settings.max_image_pixels, self.settings.max_upload_bytes)
@@ -74,7 +86,7 @@ class Core:
                 check_inside(face_box, image.size)
         except BadBox as e:
             raise InvalidInput(("box",), str(e)) from None
-        return self.cropper.crop(image, face_box)
+        return image, face_box
 
     def check_names(self, values: Mapping[str, float], field: str) -> None:
         unknown = sorted(set(values) - set(self.names))
@@ -126,15 +138,33 @@ class Core:
             edited_face=images[3],
         )
 
+    def _detected_face(self, face: Face, probabilities: np.ndarray) -> DetectedFace:
+        by_name = self._by_name(probabilities)
+        return DetectedFace(
+            box=as_box(face.box.scaled(self.cropper.detection.box_scale)),
+            face_box=as_box(face.box),
+            confidence=face.confidence,
+            probabilities=by_name,
+            present=[n for n, p in by_name.items() if p >= 0.5],
+        )
+
     def _by_name(self, values: np.ndarray) -> dict[str, float]:
         return dict(zip(self.names, map(float, values)))
 
     # Operations ----------------------------------------------------------------------------------------
-    async def attributes(self, photo: bytes, box: str | None = None) -> AttributesResponse:
-        """Photo → p(attribute | face) for the face in it."""
-        face = await asyncio.to_thread(self.crop, photo, box)  # decoding and detection: off the event loop
-        encoded = await self.engine.encode(face.pixels)
-        return self.attributes_response(face, encoded.probabilities)
+    async def attributes(self, photo: bytes, box: str | None = None, every_face: bool = False) -> AttributesResponse:
+        """Photo → p(attribute | face) for the most confident face in it, and with `every_face` for each face."""
+        if not every_face:
+            face = await asyncio.to_thread(self.crop, photo, box)  # decoding and detection: off the event loop
+            encoded = await self.engine.encode(face.pixels)
+            return self.attributes_response(face, encoded.probabilities)
+        face, others = await asyncio.to_thread(self.crop_every_face, photo, box)
+        # One submission per face: the batcher runs them in one forward pass.
+        answers = await asyncio.gather(*(self.engine.encode(pixels) for pixels in (face.pixels, *others)))
+        response = self.attributes_response(face, answers[0].probabilities)
+        detected = face.faces if face.detected else ()
+        response.faces = [self._detected_face(f, a.probabilities) for f, a in zip(detected, answers)]
+        return response
 
     async def generate(self, request: GenerateRequest) -> Generation:
         """Attributes → the face decoded from the mean of q(z|w) and `n` from z = mean + σ ⊙ ε, ε ~ N(0, ζ I)."""

@@ -52,13 +52,13 @@ def face_fields(face: FaceCrop) -> dict[str, Any]:
     else:
         note = None
     return {
-        "box": _box(face.box),
-        "face_box": _box(face.faces[0].box) if face.detected else None,
+        "box": as_box(face.box),
+        "face_box": as_box(face.faces[0].box) if face.detected else None,
         "face_detected": face.detected,
         "faces_found": found,
         "note": note,
     }
 
 
-def _box(box: CropBox) -> Box:
+def as_box(box: CropBox) -> Box:
     return Box(left=box.left, top=box.top, width=box.width, height=box.height)

@@ -66,9 +66,25 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="what was wrong, in one line")
 
 
+class DetectedFace(BaseModel):
+    """One face of the photo, with ?faces=all."""
+
+    box: Box = Field(description="the crop fed to the model, in the photo's pixels")
+    face_box: Box = Field(description="the face as the detector boxed it")
+    confidence: float = Field(description="the detector's level weight; higher is surer")
+    probabilities: dict[str, float] = Field(description="p(attribute present | this face), by attribute name")
+    present: list[str] = Field(description="attributes with probability ≥ 0.5")
+
+
 class AttributesResponse(FaceFields):
     probabilities: dict[str, float] = Field(description="p(attribute present | image), by attribute name")
     present: list[str] = Field(description="attributes with probability ≥ 0.5")
+    faces: list[DetectedFace] | None = Field(
+        None,
+        description="with ?faces=all: every detected face, most confident first, at most "
+        "JMVAE_MAX_FACES_PER_PHOTO (the first is the one the fields above answer for); empty when no face was "
+        "found or a box was sent",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="width × height of an upload, checked before decoding")
     max_faces: int = Field(16, ge=0, description="upper bound of n in POST /generate")
+    max_faces_per_photo: int = Field(8, ge=1, description="faces answered by POST /attributes?faces=all, best first")
     max_zeta: float = Field(4.0, gt=0.0, description="upper bound of zeta in POST /generate")
     api_key: SecretStr | None = Field(
         None, description="when set, a bearer token required by all but health, readiness, metrics and the web page"

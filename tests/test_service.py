@@ -555,3 +555,48 @@ def test_default_model_ships_in_the_package() -> None:
     model, meta = load_model(DEFAULT_CHECKPOINT)
     assert meta.model.image_size == 64 and len(meta.attribute_names) == 40 and meta.alpha == 0.1
     assert (DEFAULT_CHECKPOINT.parent / "MODEL_CARD.md").exists()
+
+
+# Every face in a photo ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_faces_jpeg() -> bytes:
+    """Grace Hopper's portrait (public domain, in matplotlib's wheel) twice, at two sizes, on a grey scene."""
+    from matplotlib import cbook
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as opened:
+        portrait = opened.convert("RGB")
+    scene = Image.new("RGB", (1400, 800), (120, 130, 140))
+    scene.paste(portrait.resize((500, 586)), (40, 100))
+    scene.paste(portrait.resize((340, 398)), (900, 200))
+    buffer = io.BytesIO()
+    scene.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def test_faces_all_answers_every_face_best_first(tiny_checkpoint: Path, two_faces_jpeg: bytes) -> None:
+    files = {"image": ("two.jpg", two_faces_jpeg, "image/jpeg")}
+    with running_server(Settings(checkpoint=tiny_checkpoint)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        one = c.post("/attributes", files=files).json()
+        every = c.post("/attributes", params={"faces": "all"}, files=files).json()
+    assert one["faces"] is None and one["faces_found"] == 2
+    faces = every["faces"]
+    assert len(faces) == 2 and faces[0]["confidence"] >= faces[1]["confidence"]
+    # The first is the face the top-level fields answer for; the other is elsewhere in the photo.
+    assert faces[0]["face_box"] == every["face_box"] == one["face_box"] and faces[0]["box"] == every["box"]
+    assert abs(faces[0]["face_box"]["left"] - faces[1]["face_box"]["left"]) > 300
+    for face in faces:
+        assert set(face["probabilities"]) == set(one["probabilities"])
+        assert face["present"] == [n for n, p in face["probabilities"].items() if p >= 0.5]
+    assert faces[0]["probabilities"] == pytest.approx(one["probabilities"], abs=1e-5)
+
+
+def test_faces_all_stops_at_the_limit_and_is_empty_without_a_face(tiny_checkpoint: Path, two_faces_jpeg: bytes) -> None:
+    settings = Settings(checkpoint=tiny_checkpoint, max_faces_per_photo=1)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
+        limited = c.post("/attributes?faces=all", files={"image": ("two.jpg", two_faces_jpeg, "image/jpeg")}).json()
+        noise = image_bytes(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
+        nothing = c.post("/attributes?faces=all", files={"image": ("noise.png", noise, "image/png")}).json()
+        for bad in ("every", "", "ALL", "1"):
+            _error(c.post("/attributes", params={"faces": bad}, files={"image": ("n.png", noise)}), 422, "faces")
+    assert limited["faces_found"] == 2 and len(limited["faces"]) == 1
+    assert nothing["face_detected"] is False and nothing["faces"] == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
 
 from ..bodies import StandardJSONRoute
 from ..deps import CoreDep, UploadDep
@@ -20,5 +22,12 @@ router = APIRouter(route_class=StandardJSONRoute)
     responses=errors(401, 413, 415, 422, 503),
     openapi_extra=multipart(image=IMAGE_PART, box=BOX_PART),
 )
-async def attributes(core: CoreDep, upload: UploadDep) -> AttributesResponse:
-    return await core.attributes(upload.photo, upload.box)
+async def attributes(
+    core: CoreDep,
+    upload: UploadDep,
+    faces: Annotated[
+        Literal["one", "all"],
+        Query(description="one: the most confident face; all: also every face found, in `faces`, best first"),
+    ] = "one",
+) -> AttributesResponse:
+    return await core.attributes(upload.photo, upload.box, every_face=faces == "all")
