@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from jmvae.model.checkpoint import CheckpointError
 
+from .engine import Engine
 from .errors import install_error_handlers
 from .metrics import ServiceMetrics
 from .middleware import install_middleware
@@ -53,9 +54,7 @@ def _lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         slot = await ModelSlot.open(settings, metrics)  # a bad checkpoint stops the start here
-        engine = slot.core.engine
-        name, version = engine.checkpoint.name, engine.version
-        logger.info("loaded %s (model %s) on %s (%s inference)", name, version, engine.device, engine.mode)
+        _log_loaded(slot.core.engine)  # no local: the lifespan's frame would keep a swapped-out engine alive
         warm_up = asyncio.create_task(slot.warm_up())
         warm_up.add_done_callback(_report_warm_up_failure)
         stop_listening = _reload_on_sighup(slot)
@@ -67,6 +66,11 @@ def _lifespan(
             await slot.close()
 
     return lifespan
+
+
+def _log_loaded(engine: Engine) -> None:
+    name, version = engine.checkpoint.name, engine.version
+    logger.info("loaded %s (model %s) on %s (%s inference)", name, version, engine.device, engine.mode)
 
 
 def _report_warm_up_failure(task: asyncio.Task[None]) -> None:

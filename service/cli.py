@@ -53,7 +53,8 @@ def serve(checkpoint: Path | None, host: str, port: int, workers: int) -> int:
         print(f"jmvae serve: {e}", file=sys.stderr)
         return 1
     # Workers are separate processes that build their app from the environment.
-    os.environ["JMVAE_CHECKPOINT"] = str(path.resolve())
+    # Absolute, not resolved: a reload (SIGHUP) must read the path again, through any symlink a deployment swaps.
+    os.environ["JMVAE_CHECKPOINT"] = str(path.absolute())
     options: dict[str, Any] = {
         "factory": True,
         "host": host,
