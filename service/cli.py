@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ def serve(checkpoint: Path | None, host: str, port: int, workers: int) -> int:
         print(f"jmvae serve: {e}", file=sys.stderr)
         return 1
     # Workers are separate processes that build their app from the environment.
-    os.environ["JMVAE_CHECKPOINT"] = str(path.resolve())
+    # Absolute, not resolved: a reload (SIGHUP) must read the path again, through any symlink a deployment swaps.
+    os.environ["JMVAE_CHECKPOINT"] = str(path.absolute())
     options: dict[str, Any] = {
         "factory": True,
         "host": host,
@@ -74,9 +76,18 @@ def serve(checkpoint: Path | None, host: str, port: int, workers: int) -> int:
 class _Supervisor(Multiprocess):
     """uvicorn's worker supervisor, except that the parent lets go of the listening socket once it has told the
     workers to stop: with uvicorn's own, the parent keeps it open until the last worker has drained, so new
-    connections queue unanswered for up to the grace period and are then reset, instead of being refused."""
+    connections queue unanswered for up to the grace period and are then reset, instead of being refused; and
+    that SIGHUP reloads the model in every worker rather than restarting them."""
 
     def terminate_all(self) -> None:
         super().terminate_all()
         for sock in self.sockets:
             sock.close()
+
+    def handle_hup(self) -> None:
+        # uvicorn's own replaces every worker with a fresh process, which then answers 503 while it warms up (its
+        # readiness is the lifespan's start, before the warm-up). Each worker reloads in place instead, warm
+        # before the swap (service/app.py).
+        for process in self.processes:
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, signal.SIGHUP)

@@ -1,8 +1,9 @@
-"""What a route needs, as typed FastAPI dependencies: the engine and the core from the app's lifespan, the core
-only once it is ready, and the uploaded forms read strictly."""
+"""What a route needs, as typed FastAPI dependencies: the model slot from the app's lifespan, its engine, its core
+(leased per request) only once it is ready, and the uploaded forms read strictly."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,13 +17,21 @@ from .engine import Engine
 from .errors import ServiceUnavailable
 from .metrics import ServiceMetrics
 from .middleware import MULTIPART_OVERHEAD, max_body_bytes
+from .models import ModelSlot
 from .openapi import OPTIONAL_PARTS
 from .schemas import EditChanges
 
 
-def _engine(request: Request) -> Engine:
-    engine: Engine = request.state.engine
-    return engine
+def _slot(request: Request) -> ModelSlot:
+    slot: ModelSlot = request.state.slot
+    return slot
+
+
+SlotDep = Annotated[ModelSlot, Depends(_slot)]
+
+
+def _engine(slot: SlotDep) -> Engine:
+    return slot.core.engine
 
 
 def _metrics(request: Request) -> ServiceMetrics:
@@ -30,11 +39,13 @@ def _metrics(request: Request) -> ServiceMetrics:
     return metrics
 
 
-def _ready_core(request: Request) -> Core:
-    core: Core = request.state.core
-    if not core.engine.ready:
-        raise ServiceUnavailable("the model is warming up")
-    return core
+async def _ready_core(request: Request, slot: SlotDep) -> AsyncIterator[Core]:
+    # Leased for the whole request: a reload stops this Core's engine only once the request is done with it.
+    with slot.lease() as core:
+        if not core.engine.ready:
+            raise ServiceUnavailable("the model is warming up")
+        request.state.model_version = core.engine.version  # the model that answers, for X-Model-Version
+        yield core
 
 
 EngineDep = Annotated[Engine, Depends(_engine)]  # ready or not: for /readyz and /model

@@ -93,10 +93,6 @@ class Engine:
             settings.max_queue,
             self._observe,
         )
-        metrics.track(
-            {"image": lambda: self.image_path.depth, "attributes": lambda: self.attribute_path.depth},
-            self._device_memory,
-        )
 
     @classmethod
     def load(cls, settings: Settings, metrics: ServiceMetrics) -> Engine:
@@ -111,8 +107,19 @@ class Engine:
     def image_size(self) -> int:
         return self.meta.model.image_size
 
+    @property
+    def version(self) -> str:
+        """Which model this is, for X-Model-Version: the weights' sha256 the checkpoint records (and load_jmvae
+        checks), shortened; any change of the weights changes it, and reading it costs nothing."""
+        return self.meta.tensors_sha256[:12]
+
     # Lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        # Here, not in __init__: a model loaded beside the served one (a reload) takes the gauges when it serves.
+        self.metrics.track(
+            {"image": lambda: self.image_path.depth, "attributes": lambda: self.attribute_path.depth},
+            self._device_memory,
+        )
         self.image_path.start()
         self.attribute_path.start()
 

@@ -10,10 +10,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jmvae.model.checkpoint import CheckpointError
+
 from .batching import QueueFull
 from .core import InvalidInput
 from .images import ImageRejected
 from .metrics import ServiceMetrics
+from .models import ReloadInProgress
 
 
 class ServiceUnavailable(Exception):
@@ -73,6 +76,14 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
         return error_response(503, "not_ready", exc.detail, {"Retry-After": "1"})
+
+    @app.exception_handler(ReloadInProgress)
+    async def _reloading(request: Request, exc: ReloadInProgress) -> JSONResponse:
+        return error_response(409, "reload_in_progress", str(exc))
+
+    @app.exception_handler(CheckpointError)  # only a reload loads a checkpoint while serving
+    async def _refused(request: Request, exc: CheckpointError) -> JSONResponse:
+        return error_response(422, "checkpoint_refused", f"{exc}; the served model keeps serving")
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

@@ -30,8 +30,8 @@ def max_body_bytes(settings: Settings) -> int:
 
 def install_middleware(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> None:
     """Innermost first (each one added wraps the ones before): auth, CORS (so that 401s carry CORS headers), the
-    body limit, metrics around those so refusals are counted too, and outermost the request id and access log,
-    so every log line a request causes carries its id."""
+    body limit, metrics around those so refusals are counted too, the request id and access log, so every log line
+    a request causes carries its id, and outermost X-Model-Version, so that refusals carry it too."""
     if settings.api_key is not None:
         _require_api_key(app, settings.api_key.get_secret_value())
     if settings.cors_origins:
@@ -48,6 +48,7 @@ def install_middleware(app: FastAPI, settings: Settings, metrics: ServiceMetrics
             endpoint_label(app, scope), scope["method"], status, seconds
         ),
     )
+    app.add_middleware(ModelVersionHeader)
 
 
 def _require_api_key(app: FastAPI, key: str) -> None:
@@ -116,3 +117,25 @@ class BodyLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class ModelVersionHeader:
+    """X-Model-Version on every response once a model is loaded: the version of the model that answered (the one
+    the request leased, service/deps.py), else of the one serving now (health checks, refusals before routing)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.get("state", {})  # the lifespan's state, per request (the routes' request.state)
+
+        async def send_with_version(message: Message) -> None:
+            if message["type"] == "http.response.start" and "slot" in state:
+                version = state.get("model_version") or state["slot"].version
+                message["headers"] = [*message.get("headers", ()), (b"x-model-version", version.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)

@@ -13,8 +13,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in {
         401: "missing or wrong API key",
         413: "upload too large (bytes or pixels)",
+        409: "a reload is already in progress",
         415: "not a JPEG, PNG or WebP image",
-        422: "invalid input: the detail names the field and the problem",
+        422: "invalid input: the detail names the field and the problem (POST /admin/reload: the checkpoint "
+        "file was refused, and the served model keeps serving)",
         503: "not ready yet, or the queue is full: retry after Retry-After seconds",
     }.items()
 }

@@ -189,9 +189,16 @@ class EditResponse(FaceFields):
 
 class ModelInfo(BaseModel):
     checkpoint: str
+    version: str = Field(description="the model's version, as every response's X-Model-Version header says it")
     device: str
     inference_mode: str = Field(description="'kl': unimodal encoders (JMVAE-kl); 'zero': joint encoder with zeros")
     attribute_names: list[str]
     default_attributes: dict[str, float]
     image_size: int
     metadata: dict[str, object] = Field(description="the checkpoint's metadata")
+
+
+class ReloadResponse(BaseModel):
+    version: str = Field(description="the model now serving (X-Model-Version)")
+    previous: str = Field(description="the model it replaced; equal to version when the file had not changed")
+    checkpoint: str

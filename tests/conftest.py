@@ -36,6 +36,7 @@ FILES: dict[str, tuple[str, ...]] = {
     "test_metrics.py": ("unit",),
     "test_model.py": ("unit",),
     "test_preprocess.py": ("unit",),
+    "test_reload.py": ("integration",),
     "test_serve.py": ("integration",),
     "test_service.py": ("integration",),
     "test_synthetic.py": ("unit",),

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_support import free_port, image_bytes
+from service_support import free_port, image_bytes, running_server
 
 from jmvae.service.middleware import MULTIPART_OVERHEAD
 from jmvae.service.settings import Settings
@@ -590,6 +590,22 @@ def test_balancer_forwards_ids_retries_503_once_and_answers_json_when_no_replica
         answer = httpx.post(f"{url}/generate", json={})
     assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
     assert answer.json()["error"] == "no_replica" and re.fullmatch(r"[0-9a-f]{32}", answer.headers["X-Request-ID"])
+
+
+@needs_nginx
+def test_model_version_passes_through_the_balancer_and_admin_routes_stay_per_replica(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    auth = {"Authorization": "Bearer deploy-key"}
+    settings = Settings(checkpoint=tiny_checkpoint, device="cpu", api_key="deploy-key", warmup_batches=1)
+    with running_server(settings) as upstream, httpx.Client(headers=auth, timeout=30) as client:
+        version = client.get(f"{upstream}/model").json()["version"]
+        with balancer(tmp_path, [upstream.removeprefix("http://")]) as url:
+            answers = [_generate(client, url, 0), client.get(f"{url}/model"), client.get(f"{url}/healthz")]
+            reload = client.post(f"{url}/admin/reload")
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    assert {r.headers["X-Model-Version"] for r in answers} == {version}
+    assert reload.status_code == 404 and reload.json()["error"] == "not_found"  # never to one random replica
 
 
 @needs_nginx

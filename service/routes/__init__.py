@@ -5,3 +5,4 @@ from fastapi import APIRouter
 from . import attributes, edit, generate, model, operations
 
 ROUTERS: tuple[APIRouter, ...] = (operations.router, model.router, attributes.router, generate.router, edit.router)
+# admin.router: only with an API key (service/app.py)

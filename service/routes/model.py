@@ -22,6 +22,7 @@ router = APIRouter(route_class=StandardJSONRoute)
 async def model_info(engine: EngineDep) -> ModelInfo:
     return ModelInfo(
         checkpoint=engine.checkpoint.name,
+        version=engine.version,
         device=str(engine.device),
         inference_mode=engine.mode,
         attribute_names=list(engine.attribute_names),
