@@ -130,26 +130,33 @@ class Core:
         return dict(zip(self.names, map(float, values)))
 
     # Operations ----------------------------------------------------------------------------------------
-    async def attributes(self, photo: bytes, box: str | None = None) -> AttributesResponse:
+    # `deadline` (time.monotonic(), None: none): when the request's model work must have started; one deadline
+    # covers every model step of an operation.
+    async def attributes(
+        self, photo: bytes, box: str | None = None, deadline: float | None = None
+    ) -> AttributesResponse:
         """Photo → p(attribute | face) for the face in it."""
         face = await asyncio.to_thread(self.crop, photo, box)  # decoding and detection: off the event loop
-        encoded = await self.engine.encode(face.pixels)
+        encoded = await self.engine.encode(face.pixels, deadline)
         return self.attributes_response(face, encoded.probabilities)
 
-    async def generate(self, request: GenerateRequest) -> Generation:
+    async def generate(self, request: GenerateRequest, deadline: float | None = None) -> Generation:
         """Attributes → the face decoded from the mean of q(z|w) and `n` from z = mean + σ ⊙ ε, ε ~ N(0, ζ I)."""
         job = self.generate_job(request)
-        return Generation(job, await self.engine.generate(job))
+        return Generation(job, await self.engine.generate(job, deadline))
 
-    async def edit(self, photo: bytes, changes: Mapping[str, float], box: str | None = None) -> Edit:
+    async def edit(
+        self, photo: bytes, changes: Mapping[str, float], box: str | None = None, deadline: float | None = None
+    ) -> Edit:
         """Photo + attribute changes → x′ = x + x′_mean − x_mean (jmvae.model.editing)."""
         self.check_names(changes, "changes")
         face = await asyncio.to_thread(self.crop, photo, box)
-        encoded = await self.engine.encode(face.pixels)
+        encoded = await self.engine.encode(face.pixels, deadline)
         w = read_attributes(encoded.probabilities)
         w_prime = with_changes(w, self.names, changes)
         means = await asyncio.gather(
-            self.engine.generate(GenerateJob(w, 0, 0.0, 0)), self.engine.generate(GenerateJob(w_prime, 0, 0.0, 0))
+            self.engine.generate(GenerateJob(w, 0, 0.0, 0), deadline),
+            self.engine.generate(GenerateJob(w_prime, 0, 0.0, 0), deadline),
         )
         x_mean, x_prime_mean = means[0].average, means[1].average
         return Edit(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..bodies import StandardJSONRoute
-from ..deps import CoreDep, UploadDep
+from ..deps import CoreDep, DeadlineDep, UploadDep
 from ..openapi import BOX_PART, IMAGE_PART, errors, multipart
 from ..schemas import AttributesResponse
 
@@ -20,5 +20,5 @@ router = APIRouter(route_class=StandardJSONRoute)
     responses=errors(401, 413, 415, 422, 503),
     openapi_extra=multipart(image=IMAGE_PART, box=BOX_PART),
 )
-async def attributes(core: CoreDep, upload: UploadDep) -> AttributesResponse:
-    return await core.attributes(upload.photo, upload.box)
+async def attributes(core: CoreDep, deadline: DeadlineDep, upload: UploadDep) -> AttributesResponse:
+    return await deadline.guard(core.attributes(upload.photo, upload.box, deadline.at))
