@@ -153,3 +153,55 @@ def test_the_header_is_documented_on_every_model_route(server: str) -> None:
         assert param["in"] == "header" and not param.get("required", False)
         assert "JMVAE_REQUEST_TIMEOUT_MS" in param["description"]
         assert param["schema"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 3_600_000}
+
+
+MODEL_S = 0.1  # a forward pass of the slowed model: the model thread, not HTTP or the CPUs, is what saturates
+
+
+@pytest.mark.slow
+def test_at_four_times_the_sustainable_load_answers_stay_within_the_deadline_and_the_rest_get_503_fast(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/deadlines.py against a server whose model takes MODEL_S per batch of at most 2 (a busy device):
+    the 200s come within the deadline plus a batch or two, every other answer is a 503 with Retry-After that
+    comes at the deadline, not after a queue that grew for the whole run (which would take max_queue / rate)."""
+    import asyncio
+
+    from bench import deadlines
+
+    original = Engine.generate_batch
+
+    def slow(self: Engine, jobs: Sequence[GenerateJob]) -> list[Generated]:
+        time.sleep(MODEL_S)  # releases the GIL, as a device would
+        return original(self, jobs)
+
+    monkeypatch.setattr(Engine, "generate_batch", slow)
+    deadline_s = 0.5
+    settings = Settings(
+        checkpoint=tiny_checkpoint, request_timeout_ms=deadline_s * 1000, max_batch_size=2, warmup_batches=1
+    )
+    with running_server(settings) as url:
+        report = asyncio.run(deadlines.run(url, factor=4, seconds=8, clients=8, probe_s=3, n=0))
+        metrics = httpx.get(f"{url}/metrics").text
+    print(deadlines.format_report(report))  # shown when an assertion fails
+    http = {k: v for k, v in report["outcomes"].items() if k[0].isdigit()}
+    assert set(http) <= {"200", "503 deadline_exceeded", "503 overloaded"}, report["outcomes"]
+    assert report["bad_count"] == sum(report["outcomes"].values()) - sum(http.values()), report[
+        "bad"
+    ]  # every 503 has Retry-After
+    assert report["bad_count"] <= 0.01 * report["sent"], report["bad"]  # connection errors of an overloaded client
+    assert report["offered_per_s"] >= 2.5 * report["sustainable_per_s"], report  # it was overload
+    assert report["shed"]["count"] > 0 and report["ok"]["count"] > 0
+    # Server-side times (its histogram, from arrival to answer), which a load generator lagging on a busy machine
+    # does not inflate: 99% of the 200s and of the 503s within 1 s, the deadline plus a batch (0.1 s) plus 0.4 s
+    # of slack. Without deadlines the queue would grow to max_queue: ~13 s of waiting.
+    for status in ("200", "503"):
+        labels = f'method="POST",status="{status}"'  # prometheus_client sorts them, `le` among them
+        within = _metric_text(metrics, f'jmvae_request_seconds_bucket{{endpoint="/generate",le="1.0",{labels}}}')
+        total = _metric_text(metrics, f'jmvae_request_seconds_count{{endpoint="/generate",{labels}}}')
+        assert total > 0 and within >= 0.99 * total, (status, within, total)
+
+
+def _metric_text(text: str, line: str) -> float:
+    match = re.search(rf"^{re.escape(line)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
