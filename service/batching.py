@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -21,11 +22,24 @@ class QueueFull(Exception):
         self.path = path
 
 
-@dataclass
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its batch started: it was never run (HTTP: 503 with Retry-After)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+@dataclass(eq=False)  # identity: an item is removed from the queue by `is`, never by comparing values
 class _Item(Generic[In, Out]):
     value: In
     future: asyncio.Future[Out]
-    enqueued: float
+    enqueued: float  # time.perf_counter(), for the queue-wait metric
+    deadline: float | None  # time.monotonic() by which its batch must start
+    running: bool = False  # taken into a batch that is running: its answer comes with that batch
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
 
 
 @dataclass(frozen=True)
@@ -37,7 +51,10 @@ class BatchStats:
 
 class Batcher(Generic[In, Out]):
     """Collects items until max_batch_size or max_wait after the first, then runs `run` on all of them at once
-    in `executor` (off the event loop). `run` maps a list of inputs to a list of outputs of the same length."""
+    in `executor` (off the event loop). `run` maps a list of inputs to a list of outputs of the same length.
+
+    An item whose deadline passes, or whose submitter is cancelled, before its batch starts leaves the queue at
+    once and never reaches `run`; once its batch runs, the submitter gets that batch's answer."""
 
     def __init__(
         self,
@@ -56,72 +73,138 @@ class Batcher(Generic[In, Out]):
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Item[In, Out]] = asyncio.Queue()
+        # A deque rather than an asyncio.Queue: a submitter that gives up removes its own item, so the depth
+        # (and max_queue) counts only items that may still run.
+        self._queue: deque[_Item[In, Out]] = deque()
+        self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
+        """Refuses new items, fails the queued ones with QueueFull at once, and lets a running batch finish and
+        answer its submitters (the model thread could not be interrupted anyway)."""
+        self._stopping = True
+        self._fail_queued()
+        self._arrived.set()  # wakes the loop so that it sees _stopping
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await self._task
             self._task = None
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        self._fail_queued()
+
+    async def submit(self, value: In, deadline: float | None = None) -> Out:
+        """The model's output for `value`; `deadline` (time.monotonic()) is when its batch must have started,
+        else DeadlineExceeded, raised as soon as it passes."""
+        if self._stopping:
+            raise QueueFull(self.name, "the service is shutting down")
+        if len(self._queue) >= self._max_queue:
+            raise QueueFull(self.name, f"{self._max_queue} requests already waiting for the {self.name} model path")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise self._late()
+        item: _Item[In, Out] = _Item(value, asyncio.get_running_loop().create_future(), time.perf_counter(), deadline)
+        self._queue.append(item)
+        self._arrived.set()
+        try:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            # asyncio.wait, not wait_for: a timeout must not cancel a future whose batch is already running.
+            await asyncio.wait((item.future,), timeout=timeout)
+            if not item.future.done() and not item.running:
+                self._withdraw(item)
+                raise self._late()
+            return await item.future
+        except BaseException:
+            self._withdraw(item)  # cancelled (the client went away) or late: never run it
+            raise
+
+    def _late(self) -> DeadlineExceeded:
+        return DeadlineExceeded(self.name, f"the request's deadline passed while it waited for the {self.name} model")
+
+    def _withdraw(self, item: _Item[In, Out]) -> None:
+        if not item.running:
+            try:
+                self._queue.remove(item)
+            except ValueError:
+                pass  # already taken into the batch being formed, which skips done futures
+        if not item.future.done():
+            item.future.cancel()
+
+    def _fail_queued(self) -> None:
+        while self._queue:
+            item = self._queue.popleft()
             if not item.future.done():
                 item.future.set_exception(QueueFull(self.name, "the service is shutting down"))
 
-    async def submit(self, value: In) -> Out:
-        if self._queue.qsize() >= self._max_queue:
-            raise QueueFull(self.name, f"{self._max_queue} requests already waiting for the {self.name} model path")
-        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(value, future, time.perf_counter()))
-        return await future
-
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self._max_wait_s
-            while len(batch) < self._max_batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
-            batch = [item for item in batch if not item.future.cancelled()]  # clients that went away
-            if not batch:
-                continue
-            started = time.perf_counter()
+        while not self._stopping:
+            batch = await self._collect()
+            if self._stopping:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(QueueFull(self.name, "the service is shutting down"))
+                return
+            batch = self._live(batch)
+            if batch:
+                await self._run_batch(batch)
+
+    async def _collect(self) -> list[_Item[In, Out]]:
+        """Up to max_batch_size live items: what is queued, then what arrives within max_wait of the first."""
+        while not self._queue and not self._stopping:
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch: list[_Item[In, Out]] = []
+        until = time.monotonic() + self._max_wait_s
+        while not self._stopping:
+            while self._queue and len(batch) < self._max_batch_size:
+                batch.extend(self._live([self._queue.popleft()]))
+            remaining = until - time.monotonic()
+            if len(batch) >= self._max_batch_size or remaining <= 0 or not batch:
+                break
+            self._arrived.clear()
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run, [item.value for item in batch])
-            except Exception:
-                # Run the items one by one, so one request that makes the model raise fails alone.
-                await self._run_singly(batch)
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                pass  # one more pass takes what arrived meanwhile, then the wait is over
+        return batch
+
+    def _live(self, items: list[_Item[In, Out]]) -> list[_Item[In, Out]]:
+        """Drops items whose submitter went away and fails those whose deadline passed: neither reaches `run`."""
+        now = time.monotonic()
+        live = []
+        for item in items:
+            if item.future.done():
                 continue
-            finished = time.perf_counter()
-            for item, output in zip(batch, outputs, strict=True):
-                if not item.future.done():
-                    item.future.set_result(output)
-            if self._on_batch is not None:
-                self._on_batch(
-                    self.name, BatchStats(len(batch), [started - item.enqueued for item in batch], finished - started)
-                )
+            if item.expired(now):
+                item.future.set_exception(self._late())
+                continue
+            live.append(item)
+        return live
+
+    async def _run_batch(self, batch: list[_Item[In, Out]]) -> None:
+        loop = asyncio.get_running_loop()
+        for item in batch:
+            item.running = True
+        started = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, [item.value for item in batch])
+        except Exception:
+            # Run the items one by one, so one request that makes the model raise fails alone.
+            await self._run_singly(batch)
+            return
+        finished = time.perf_counter()
+        for item, output in zip(batch, outputs, strict=True):
+            if not item.future.done():
+                item.future.set_result(output)
+        if self._on_batch is not None:
+            self._on_batch(
+                self.name, BatchStats(len(batch), [started - item.enqueued for item in batch], finished - started)
+            )
 
     async def _run_singly(self, batch: list[_Item[In, Out]]) -> None:
         loop = asyncio.get_running_loop()

@@ -152,34 +152,41 @@ class Core:
         return dict(zip(self.names, map(float, values)))
 
     # Operations ----------------------------------------------------------------------------------------
-    async def attributes(self, photo: bytes, box: str | None = None, every_face: bool = False) -> AttributesResponse:
+    # `deadline` (time.monotonic(), None: none): when the request's model work must have started; one deadline
+    # covers every model step of an operation.
+    async def attributes(
+        self, photo: bytes, box: str | None = None, every_face: bool = False, deadline: float | None = None
+    ) -> AttributesResponse:
         """Photo → p(attribute | face) for the most confident face in it, and with `every_face` for each face."""
         if not every_face:
             face = await asyncio.to_thread(self.crop, photo, box)  # decoding and detection: off the event loop
-            encoded = await self.engine.encode(face.pixels)
+            encoded = await self.engine.encode(face.pixels, deadline)
             return self.attributes_response(face, encoded.probabilities)
         face, others = await asyncio.to_thread(self.crop_every_face, photo, box)
         # One submission per face: the batcher runs them in one forward pass.
-        answers = await asyncio.gather(*(self.engine.encode(pixels) for pixels in (face.pixels, *others)))
+        answers = await asyncio.gather(*(self.engine.encode(pixels, deadline) for pixels in (face.pixels, *others)))
         response = self.attributes_response(face, answers[0].probabilities)
         detected = face.faces if face.detected else ()
         response.faces = [self._detected_face(f, a.probabilities) for f, a in zip(detected, answers)]
         return response
 
-    async def generate(self, request: GenerateRequest) -> Generation:
+    async def generate(self, request: GenerateRequest, deadline: float | None = None) -> Generation:
         """Attributes → the face decoded from the mean of q(z|w) and `n` from z = mean + σ ⊙ ε, ε ~ N(0, ζ I)."""
         job = self.generate_job(request)
-        return Generation(job, await self.engine.generate(job))
+        return Generation(job, await self.engine.generate(job, deadline))
 
-    async def edit(self, photo: bytes, changes: Mapping[str, float], box: str | None = None) -> Edit:
+    async def edit(
+        self, photo: bytes, changes: Mapping[str, float], box: str | None = None, deadline: float | None = None
+    ) -> Edit:
         """Photo + attribute changes → x′ = x + x′_mean − x_mean (jmvae.model.editing)."""
         self.check_names(changes, "changes")
         face = await asyncio.to_thread(self.crop, photo, box)
-        encoded = await self.engine.encode(face.pixels)
+        encoded = await self.engine.encode(face.pixels, deadline)
         w = read_attributes(encoded.probabilities)
         w_prime = with_changes(w, self.names, changes)
         means = await asyncio.gather(
-            self.engine.generate(GenerateJob(w, 0, 0.0, 0)), self.engine.generate(GenerateJob(w_prime, 0, 0.0, 0))
+            self.engine.generate(GenerateJob(w, 0, 0.0, 0), deadline),
+            self.engine.generate(GenerateJob(w_prime, 0, 0.0, 0), deadline),
         )
         x_mean, x_prime_mean = means[0].average, means[1].average
         return Edit(

@@ -7,12 +7,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from .bodies import parse_json, read_form
 from .core import Core
+from .deadlines import (
+    MAX_TIMEOUT_HEADER_MS,
+    TIMEOUT_HEADER,
+    TIMEOUT_HEADER_DESCRIPTION,
+    Deadline,
+    arrival,
+    deadline_for,
+)
 from .engine import Engine
 from .errors import ServiceUnavailable
 from .metrics import ServiceMetrics
@@ -51,6 +59,20 @@ async def _ready_core(request: Request, slot: SlotDep) -> AsyncIterator[Core]:
 EngineDep = Annotated[Engine, Depends(_engine)]  # ready or not: for /readyz and /model
 MetricsDep = Annotated[ServiceMetrics, Depends(_metrics)]
 CoreDep = Annotated[Core, Depends(_ready_core)]  # 503 while the model warms up, before the body is read
+
+
+# Deadlines (issue 16) ----------------------------------------------------------------------------------------
+TimeoutHeader = Annotated[
+    int | None, Header(alias=TIMEOUT_HEADER, ge=1, le=MAX_TIMEOUT_HEADER_MS, description=TIMEOUT_HEADER_DESCRIPTION)
+]
+
+
+def _deadline(request: Request, core: CoreDep, timeout_ms: TimeoutHeader = None) -> Deadline:
+    """Bad header values (not a whole number, ≤ 0, over an hour) are 422s naming the header."""
+    return Deadline(deadline_for(arrival(request.scope), timeout_ms, core.settings.request_timeout_ms), request.receive)
+
+
+DeadlineDep = Annotated[Deadline, Depends(_deadline)]
 
 
 @dataclass(frozen=True)

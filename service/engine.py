@@ -141,11 +141,12 @@ class Engine:
         self._executor.shutdown(wait=True)
 
     # Public operations -----------------------------------------------------------------------------------
-    async def encode(self, face: np.ndarray) -> Encoded:
-        return await self.image_path.submit(face)
+    async def encode(self, face: np.ndarray, deadline: float | None = None) -> Encoded:
+        """`deadline` (time.monotonic()): when its batch must have started, else DeadlineExceeded."""
+        return await self.image_path.submit(face, deadline)
 
-    async def generate(self, job: GenerateJob) -> Generated:
-        return await self.attribute_path.submit(job)
+    async def generate(self, job: GenerateJob, deadline: float | None = None) -> Generated:
+        return await self.attribute_path.submit(job, deadline)
 
     def attribute_vector(self, values: dict[str, float]) -> np.ndarray:
         w = np.full(len(self.attribute_names), np.nan, np.float32)

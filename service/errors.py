@@ -12,8 +12,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jmvae.model.checkpoint import CheckpointError
 
-from .batching import QueueFull
+from .batching import DeadlineExceeded, QueueFull
 from .core import InvalidInput
+from .deadlines import ClientDisconnected
 from .images import ImageRejected
 from .metrics import ServiceMetrics
 from .models import ReloadInProgress
@@ -72,6 +73,16 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     async def _full(request: Request, exc: QueueFull) -> JSONResponse:
         metrics.rejected.labels(exc.path).inc()
         return error_response(503, "overloaded", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(DeadlineExceeded)
+    async def _late(request: Request, exc: DeadlineExceeded) -> JSONResponse:
+        metrics.deadline_exceeded.labels(exc.path).inc()
+        return error_response(503, "deadline_exceeded", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(request: Request, exc: ClientDisconnected) -> JSONResponse:
+        # Nobody reads it; the status is for the access log and metrics (nginx's "client closed request").
+        return error_response(499, "client_closed_request", "the client disconnected before the answer")
 
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:

@@ -53,6 +53,12 @@ class ServiceMetrics:
             ["path"],
             registry=self.registry,
         )
+        self.deadline_exceeded = Counter(
+            "jmvae_deadline_exceeded",
+            "requests answered 503 because their deadline passed before their batch started (never run)",
+            ["path"],
+            registry=self.registry,
+        )
         self.device_memory = Gauge(
             "jmvae_device_memory_bytes",
             "memory in use on the model's device (CUDA allocator, or process RSS on CPU)",

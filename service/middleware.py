@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .deadlines import RecordArrival
 from .errors import BodyTooLarge, error_response
 from .logs import RequestContext
 from .metrics import ServiceMetrics
@@ -49,6 +50,7 @@ def install_middleware(app: FastAPI, settings: Settings, metrics: ServiceMetrics
         ),
     )
     app.add_middleware(ModelVersionHeader)
+    app.add_middleware(RecordArrival)  # outermost: a request's deadline counts from its arrival
 
 
 def _require_api_key(app: FastAPI, key: str) -> None:

@@ -17,7 +17,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         415: "not a JPEG, PNG or WebP image",
         422: "invalid input: the detail names the field and the problem (POST /admin/reload: the checkpoint "
         "file was refused, and the served model keeps serving)",
-        503: "not ready yet, or the queue is full: retry after Retry-After seconds",
+        503: "not ready yet, the queue is full, or the request's deadline passed in the queue: retry after "
+        "Retry-After seconds",
     }.items()
 }
 IMAGE_RESPONSE: dict[str, Any] = {

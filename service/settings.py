@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="uvicorn's event loop; auto: uvloop when installed, else asyncio's"
     )
+    # Deadlines (issue 16) ------------------------------------------------------------------------------------
+    request_timeout_ms: float = Field(
+        10_000.0,
+        gt=0.0,
+        description="longest a request waits, from its arrival until its model work starts, before a 503 "
+        "deadline_exceeded; X-Request-Timeout-Ms may ask for less",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from jmvae.service.batching import Batcher, BatchStats, QueueFull
+from jmvae.service.batching import Batcher, BatchStats, DeadlineExceeded, QueueFull
 
 WAIT_S = 10.0  # how long anything may take before the test fails instead of hanging; never waited out on success
 
@@ -223,8 +223,9 @@ def test_a_submitter_that_went_away_is_left_out_of_the_batch() -> None:
     run(test)
 
 
-def test_stop_fails_what_is_still_queued() -> None:
-    """Stopping (the service shutting down) answers every item still in the queue with QueueFull, at once."""
+def test_stop_fails_what_is_still_queued_and_lets_the_running_batch_answer() -> None:
+    """Stopping (the service shutting down) answers every item still in the queue with QueueFull at once, and the
+    batch already on the model thread finishes and answers its submitters (stop() used to leave them waiting)."""
 
     async def test(batcher: Callable[..., Batcher]) -> None:
         model = Model(held=True)
@@ -233,14 +234,27 @@ def test_stop_fails_what_is_still_queued() -> None:
         await model.until_entered()
         waiting = submit(b, 1, 2)
         await queued(b, 2)
-        await asyncio.wait_for(b.stop(), WAIT_S)  # does not wait for the batch function
-        results = await asyncio.gather(*waiting, return_exceptions=True)
+        stopping = asyncio.create_task(b.stop())
+        # Answered while the batch is still held: stop() does not make the queue wait for the model.
+        results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), WAIT_S)
         assert all(isinstance(r, QueueFull) and "shutting down" in str(r) and r.path == "test" for r in results)
-        assert b.depth == 0
+        assert b.depth == 0 and not stopping.done() and not running[0].done()
         model.release.set()
+        assert await asyncio.wait_for(running[0], WAIT_S) == 0
+        await asyncio.wait_for(stopping, WAIT_S)
         assert model.batches == [[0]]  # the queued items never reached the model
-        for task in running:  # stop() leaves the batch it interrupted unanswered
-            task.cancel()
+
+    run(test)
+
+
+def test_submit_after_stop_is_refused_at_once() -> None:
+    async def test(batcher: Callable[..., Batcher]) -> None:
+        model = Model()
+        b = batcher(model)
+        await b.stop()
+        with pytest.raises(QueueFull, match="shutting down") as refused:
+            await asyncio.wait_for(b.submit(1), WAIT_S)  # used to wait for ever
+        assert refused.value.path == "test" and b.depth == 0 and model.batches == []
 
     run(test)
 
@@ -251,5 +265,81 @@ def test_stop_of_an_idle_batcher_returns_and_can_be_repeated() -> None:
         assert await b.submit(1) == 10
         await asyncio.wait_for(b.stop(), WAIT_S)
         await asyncio.wait_for(b.stop(), WAIT_S)
+
+    run(test)
+
+
+# Deadlines --------------------------------------------------------------------------------------------------
+def late(batcher: Batcher, seconds: float, *values: object) -> list[asyncio.Task]:
+    """Submitters whose batch must start within `seconds` from now."""
+    deadline = time.monotonic() + seconds
+    return [asyncio.create_task(batcher.submit(value, deadline)) for value in values]
+
+
+def test_items_whose_deadline_passes_in_the_queue_are_answered_at_once_and_never_run() -> None:
+    """Behind a batch that holds the model, items with a short deadline get DeadlineExceeded as it passes, not when
+    the model is free; they never reach the batch function, leave the queue, and the batcher serves on."""
+
+    async def test(batcher: Callable[..., Batcher]) -> None:
+        model = Model(held=True)
+        b = batcher(model, max_batch_size=4)
+        first = submit(b, 0)
+        await model.until_entered()
+        expiring, patient = late(b, 0.2, 1, 2), late(b, 3 * WAIT_S, 3)
+        await queued(b, 3)
+        results = await asyncio.wait_for(asyncio.gather(*expiring, return_exceptions=True), WAIT_S)
+        assert all(isinstance(r, DeadlineExceeded) and r.path == "test" for r in results), results
+        assert b.depth == 1 and not first[0].done()  # answered while the model is still held
+        model.release.set()
+        assert await asyncio.gather(*first, *patient) == [0, 30]
+        assert model.batches == [[0], [3]]
+
+    run(test)
+
+
+def test_expired_items_are_dropped_when_the_batch_forms_and_do_not_take_a_place_in_it() -> None:
+    """Items already late when their batch forms (the event loop was blocked past their deadline) are failed
+    there, and the batch is filled with live items instead."""
+
+    async def test(batcher: Callable[..., Batcher]) -> None:
+        model = Model(held=True)
+        b = batcher(model, max_batch_size=2)
+        first = submit(b, 0)
+        await model.until_entered()
+        expiring, live = late(b, 0.05, 1, 2), submit(b, 3, 4)
+        await queued(b, 4)
+        time.sleep(0.1)  # blocks the loop: the deadlines pass before any timer can fire
+        model.release.set()
+        assert await asyncio.gather(*first, *live) == [0, 30, 40]
+        results = await asyncio.gather(*expiring, return_exceptions=True)
+        assert all(isinstance(r, DeadlineExceeded) for r in results), results
+        assert model.batches == [[0], [3, 4]]
+
+    run(test)
+
+
+def test_a_deadline_already_passed_is_refused_without_queueing() -> None:
+    async def test(batcher: Callable[..., Batcher]) -> None:
+        model = Model()
+        b = batcher(model)
+        with pytest.raises(DeadlineExceeded):
+            await b.submit(1, time.monotonic() - 1)
+        assert b.depth == 0 and model.batches == []
+
+    run(test)
+
+
+def test_an_item_whose_batch_started_before_its_deadline_gets_the_batch_answer() -> None:
+    """The deadline bounds the wait in the queue: a batch that outlasts it still answers its submitters."""
+
+    async def test(batcher: Callable[..., Batcher]) -> None:
+        model = Model(held=True)
+        b = batcher(model, max_batch_size=4)
+        (task,) = late(b, 0.2, 5)
+        await model.until_entered()
+        await asyncio.sleep(0.4)  # past the deadline, inside the running batch
+        assert not task.done()
+        model.release.set()
+        assert await asyncio.wait_for(task, WAIT_S) == 50
 
     run(test)

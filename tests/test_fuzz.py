@@ -57,4 +57,11 @@ def server(tiny_checkpoint: Path) -> Iterator[str]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_every_answer_is_documented(server: str, case: schemathesis.Case) -> None:
-    case.call_and_validate(base_url=server, checks=CHECKS)
+    response = case.call(base_url=server)
+    checks = CHECKS
+    asked = {name.lower() for name in case.headers or {}}
+    if response.status_code == 503 and "x-request-timeout-ms" in asked:
+        # A deadline the client asked for (valid values go down to 1 ms) may pass: a documented 503, not a bug.
+        assert response.json()["error"] == "deadline_exceeded", response.text
+        checks = [check for check in CHECKS if check is not not_a_server_error]
+    case.validate_response(response, checks=checks)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from ..bodies import StandardJSONRoute
-from ..deps import CoreDep, UploadDep
+from ..deps import CoreDep, DeadlineDep, UploadDep
 from ..openapi import BOX_PART, IMAGE_PART, errors, multipart
 from ..schemas import AttributesResponse
 
@@ -24,10 +24,11 @@ router = APIRouter(route_class=StandardJSONRoute)
 )
 async def attributes(
     core: CoreDep,
+    deadline: DeadlineDep,
     upload: UploadDep,
     faces: Annotated[
         Literal["one", "all"],
         Query(description="one: the most confident face; all: also every face found, in `faces`, best first"),
     ] = "one",
 ) -> AttributesResponse:
-    return await core.attributes(upload.photo, upload.box, every_face=faces == "all")
+    return await deadline.guard(core.attributes(upload.photo, upload.box, faces == "all", deadline.at))

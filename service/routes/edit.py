@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..bodies import StandardJSONRoute
-from ..deps import CoreDep, EditUploadDep
+from ..deps import CoreDep, DeadlineDep, EditUploadDep
 from ..encoding import accepted_image_type, encode_image
 from ..openapi import BOX_PART, CHANGES_PART, IMAGE_OK, IMAGE_PART, errors, multipart
 from ..schemas import EditResponse
@@ -24,8 +24,8 @@ router = APIRouter(route_class=StandardJSONRoute)
     responses=IMAGE_OK | errors(401, 413, 415, 422, 503),
     openapi_extra=multipart(image=IMAGE_PART, changes=CHANGES_PART, box=BOX_PART),
 )
-async def edit(request: Request, core: CoreDep, upload: EditUploadDep) -> Any:
-    edited = await core.edit(upload.photo, upload.changes, upload.box)
+async def edit(request: Request, core: CoreDep, deadline: DeadlineDep, upload: EditUploadDep) -> Any:
+    edited = await deadline.guard(core.edit(upload.photo, upload.changes, upload.box, deadline.at))
     if media_type := accepted_image_type(request.headers.get("accept", "")):
         return Response(await run_in_threadpool(encode_image, edited.edited, media_type), media_type=media_type)
     return await run_in_threadpool(core.edit_response, edited)

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from jmvae.model.render import grid
 
 from ..bodies import StandardJSONRoute
-from ..deps import CoreDep
+from ..deps import CoreDep, DeadlineDep
 from ..encoding import accepted_image_type, encode_image
 from ..openapi import IMAGE_OK, errors
 from ..schemas import GenerateRequest, GenerateResponse
@@ -25,8 +25,8 @@ router = APIRouter(route_class=StandardJSONRoute)
     response_model=GenerateResponse,
     responses=IMAGE_OK | errors(401, 413, 422, 503),
 )
-async def generate(request: Request, core: CoreDep, body: GenerateRequest) -> Any:
-    generation = await core.generate(body)
+async def generate(request: Request, core: CoreDep, deadline: DeadlineDep, body: GenerateRequest) -> Any:
+    generation = await deadline.guard(core.generate(body, deadline.at))
     # Encoding images is CPU work: off the event loop, like decoding.
     if media_type := accepted_image_type(request.headers.get("accept", "")):
         image = generation.result.average if body.n == 0 else grid(generation.images)
