@@ -429,7 +429,7 @@ def test_swagger_ui_works_offline_and_tries_out_generate(page: Page, server: str
     with page.expect_response(lambda r: r.url.endswith("/generate") and r.request.method == "POST") as answer:
         block.get_by_role("button", name="Execute").click()
     assert answer.value.status == 200 and answer.value.headers["content-type"] == "image/png"
-    expect(block.locator(".live-responses-table .response-col_status").first).to_have_text("200")
+    expect(block.locator(".live-responses-table tr.response .response-col_status")).to_have_text("200")
     expect(block.locator(".live-responses-table img")).to_have_count(1)  # the PNG, shown
     screenshot(page, "docs-2-tried-generate")
     assert outside == []
@@ -440,6 +440,8 @@ def test_swagger_ui_works_offline_and_tries_out_generate(page: Page, server: str
 def test_redoc_works_offline(page: Page, server: str) -> None:
     outside = offline(page, server)
     page.goto(f"{server}/redoc")
-    expect(page.get_by_text("Attributes → average face and random faces").first).to_be_visible(timeout=30_000)
+    title = page.locator("h2", has_text="Attributes → average face and random faces")
+    expect(title).to_be_visible(timeout=30_000)
     screenshot(page, "docs-3-redoc")
-    assert outside == []
+    # The bundle hardcodes its "API docs by Redocly" logo's URL: offline that image alone is missing.
+    assert outside in ([], ["https://cdn.redoc.ly/redoc/logo-mini.svg"]), outside
