@@ -112,6 +112,7 @@ class _Stream(io.StringIO):
         self.tty = tty
 
     def isatty(self) -> bool:
+        super().isatty()  # raises ValueError once closed, as a real stream's does
         return self.tty
 
 
