@@ -18,9 +18,11 @@ from jmvae.model.checkpoint import CheckpointError
 from .engine import Engine
 from .errors import install_error_handlers
 from .metrics import ServiceMetrics
-from .middleware import install_middleware
+from .middleware import OPEN_PATHS, install_middleware
 from .models import ModelSlot, ReloadInProgress
+from .openapi import DOCS_ASSETS_URL, declare_bearer_key
 from .routes import ROUTERS, admin
+from .routes.docs import DOCS_ASSETS
 from .routes.operations import STATIC
 from .settings import Settings
 
@@ -37,14 +39,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "face's attributes (Suzuki, Nakayama & Matsuo, 2016). Images are 64×64.",
         version="0.1.0",
         lifespan=_lifespan(settings, metrics),
+        # FastAPI's own /docs and /redoc load their scripts from a CDN; routes/docs.py serves them from a package.
+        docs_url=None,
+        redoc_url=None,
     )
     install_middleware(app, settings, metrics)
     install_error_handlers(app, metrics)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="static-docs")
     for router in ROUTERS:
         app.include_router(router)
     if settings.api_key is not None:  # swapping the model is for whoever holds the key; without one, no such route
         app.include_router(admin.router)
+        declare_bearer_key(app, OPEN_PATHS)  # so that /docs offers "Authorize" and its "Try it out" sends the key
     return app
 
 

@@ -6,8 +6,9 @@ also run one by one, as the peers do with their own batching."""
 from __future__ import annotations
 
 import asyncio
+import difflib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,9 +92,9 @@ class Core:
     def check_names(self, values: Mapping[str, float], field: str) -> None:
         unknown = sorted(set(values) - set(self.names))
         if unknown:
+            shown = ", ".join(_with_suggestion(name, self.names) for name in unknown[:5])
             raise InvalidInput(
-                (field, unknown[0]),
-                f"unknown attribute(s) {', '.join(unknown[:5])}; GET /model lists the {len(self.names)} names",
+                (field, unknown[0]), f"unknown attribute(s) {shown}; GET /model lists the {len(self.names)} names"
             )
 
     def generate_job(self, request: GenerateRequest) -> GenerateJob:
@@ -192,3 +193,12 @@ class Core:
         return Edit(
             face, encoded.probabilities, w, w_prime, x_mean, x_prime_mean, edit_face(face.pixels, x_mean, x_prime_mean)
         )
+
+
+def _with_suggestion(name: str, names: Sequence[str]) -> str:
+    """`name`, followed by the valid name it most likely meant: a case-insensitive match first ("smiling"), then
+    the closest spelling ("Smilling"), so a typo costs one request instead of a trip to GET /model."""
+    by_lower = {valid.lower(): valid for valid in names}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+    guess = by_lower.get(name.lower()) or (by_lower[close[0]] if close else None)
+    return f'{name} (did you mean "{guess}"?)' if guess is not None else name

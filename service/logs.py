@@ -1,16 +1,18 @@
-"""Structured logs: one JSON object per line, each carrying the id of the request being served."""
+"""Structured logs: one JSON object per line (or text at a terminal), each carrying the id of the request being
+served."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -56,10 +58,26 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
 
 
-def log_config(level: str = "info", format: Literal["json", "text"] = "json") -> dict[str, Any]:
-    """A logging.dictConfig for uvicorn's `log_config`, so every worker process logs the same way.
+LogFormat = Literal["auto", "json", "text"]
+
+
+def resolve_log_format(format: LogFormat, stream: TextIO | None = None) -> Literal["json", "text"]:
+    """auto: text for a person at a terminal, JSON for a log collector (a pipe, a file, a container's log); an
+    explicit json or text wins either way. `stream` is the one the logs go to, stderr unless a test says."""
+    if format != "auto":
+        return format
+    stream = stream if stream is not None else sys.stderr
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # no stream, or a closed one: nobody is reading at a terminal
+        return "json"
+
+
+def log_config(level: str = "info", format: LogFormat = "auto") -> dict[str, Any]:
+    """A logging.dictConfig for uvicorn's `log_config`, so every worker process logs the same way (the format is
+    resolved here, once, in the process whose stderr the workers inherit).
     uvicorn's own access log is off: RequestContext writes one with the request id instead."""
-    formatter = JsonFormatter if format == "json" else TextFormatter
+    formatter = JsonFormatter if resolve_log_format(format) == "json" else TextFormatter
     handler = {
         "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",

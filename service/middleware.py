@@ -16,11 +16,13 @@ from .deadlines import RecordArrival
 from .errors import BodyTooLarge, error_response
 from .logs import RequestContext
 from .metrics import ServiceMetrics
+from .openapi import DOCS_ASSETS_URL, DOCS_PATHS
 from .settings import Settings
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
-# The web page and its assets load without a key: the page itself asks for the key and sends it to the API.
-OPEN_PREFIXES = ("/static/",)
+# The web page, the API docs and the schema they read load without a key: they describe the API and ask for the
+# key, which their requests to the API itself then carry.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/openapi.json", *DOCS_PATHS})
+OPEN_PREFIXES = ("/static/", f"{DOCS_ASSETS_URL}/")
 # Multipart framing around the image: boundaries, part headers and the small `changes` field.
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -76,10 +78,13 @@ def _require_api_key(app: FastAPI, key: str) -> None:
 
 
 def endpoint_label(app: FastAPI, scope: Scope) -> str:
-    """The route template a request matches, for bounded metric labels; unknown paths share one label. Matched
-    here rather than read from the routed scope, so that requests refused before routing (401, 413) count too."""
+    """The route template a request matches, for bounded metric labels: a mount's files (the page's /static, the
+    docs' /static-docs) share their mount's path, unknown paths one label. Matched here rather than read from the
+    routed scope, so that requests refused before routing (401, 413) count too."""
+    # Routing into a mount moved root_path onto the mount's path; match from the app's own root again.
+    original = {**scope, "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
     for route in _flat(app.router.routes):
-        if route.matches(scope)[0] != Match.NONE:
+        if route.matches(original)[0] != Match.NONE:
             return getattr(route, "path", "unmatched")
     return "unmatched"
 

@@ -3,11 +3,18 @@ answers, and the multipart bodies the routes read themselves."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
+
+from fastapi import FastAPI
 
 from .encoding import IMAGE_MEDIA_TYPES
 from .schemas import ErrorBody
 
+# The interactive docs (routes/docs.py) and where their scripts are served: open without the API key, as the
+# web page is (middleware.py).
+DOCS_PATHS = ("/docs", "/redoc")
+DOCS_ASSETS_URL = "/static-docs"
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
@@ -55,3 +62,21 @@ def multipart(**parts: dict[str, Any]) -> dict[str, Any]:
     required = [name for name in parts if name not in OPTIONAL_PARTS]
     schema = {"type": "object", "properties": parts, "required": required, "additionalProperties": False}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def declare_bearer_key(app: FastAPI, open_paths: Collection[str]) -> None:
+    """Declares the API key (middleware.py checks it) as an HTTP bearer scheme that every operation but those on
+    `open_paths` requires, so that the docs' "Authorize" takes the key and their "Try it out" sends it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # FastAPI keeps it in app.openapi_schema
+            schema.setdefault("components", {})["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+            for path, operations in schema["paths"].items():
+                for operation in operations.values() if path not in open_paths else ():
+                    operation["security"] = [{"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

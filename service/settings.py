@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated origins")
     warmup_batches: int = Field(3, ge=1, description="forward passes per model path before /readyz turns 200")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "text"] = Field("json", description="json: one object per line, for log collectors")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: text when stderr is a terminal, else json (one object per line, for log collectors)"
+    )
     http_parser: Literal["auto", "httptools", "h11"] = Field(
         "auto", description="uvicorn's HTTP parser; auto: httptools (C) when installed, else h11 (pure Python)"
     )

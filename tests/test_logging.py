@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import io
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -20,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from jmvae.service.logs import RequestContext
+from jmvae.service.logs import RequestContext, resolve_log_format
 from jmvae.service.settings import Settings
 
 KEY = "k3y-that-must-never-be-logged"
@@ -98,7 +101,61 @@ def test_text_format_and_a_bad_setting_is_one_line(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["jmvae serve: JMVAE_LOG_FORMAT: Input should be 'json' or 'text'"]
+    assert result.stderr.strip().splitlines() == [
+        "jmvae serve: JMVAE_LOG_FORMAT: Input should be 'auto', 'json' or 'text'"
+    ]
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        super().isatty()  # raises ValueError once closed, as a real stream's does
+        return self.tty
+
+
+@pytest.mark.unit
+def test_auto_log_format_is_text_at_a_terminal_and_json_elsewhere_unless_set() -> None:
+    assert resolve_log_format("auto", _Stream(tty=True)) == "text"
+    assert resolve_log_format("auto", _Stream(tty=False)) == "json"
+    closed = _Stream(tty=True)
+    closed.close()  # isatty() on a closed stream raises ValueError: nobody reads it
+    assert resolve_log_format("auto", closed) == "json"
+    for explicit in ("json", "text"):
+        for tty in (True, False):
+            assert resolve_log_format(explicit, _Stream(tty)) == explicit  # the setting wins
+    assert Settings().log_format == "auto"
+
+
+def test_logs_at_a_real_terminal_are_text_and_json_through_a_pipe() -> None:
+    """The resolution as a process sees it: stderr a pseudo-terminal, then a pipe, with the default setting."""
+    script = (
+        "import logging.config; from jmvae.service.logs import log_config; "
+        "logging.config.dictConfig(log_config()); logging.getLogger('jmvae.service').warning('hello')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JMVAE_LOG_FORMAT"}
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run([sys.executable, "-c", script], stderr=follower, env=env, timeout=60, check=True)
+        os.close(follower)
+        at_terminal = b""
+        while select.select([leader], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            at_terminal += chunk
+    finally:
+        os.close(leader)
+    line = at_terminal.decode().strip()
+    assert line.endswith("WARNING jmvae.service [None] hello") and not line.startswith("{"), line
+    piped = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    entry = json.loads(piped.stderr)
+    assert (entry["level"], entry["message"]) == ("warning", "hello")
 
 
 @pytest.mark.unit

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 from pydantic import SecretStr
 from service_support import image_bytes, running_server
 
@@ -345,3 +345,103 @@ def test_a_photo_dropped_on_the_page_is_read(page: Page, server: str, uploads: d
     wait_for_upload(page)
     assert page.locator("#attribute-bars li").count() == 40 and page.is_hidden("#error")
     assert "dragging" not in (page.get_attribute("#drop-zone", "class") or "")
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_a_failed_upload_clears_the_previous_photos_results(page: Page, server: str, uploads: dict[str, Path]) -> None:
+    """Results left on show after a refused file would read as that file's: the page forgets the previous photo."""
+    open_page(page, server)
+    typical = page.input_value("#attr-Male")
+    upload(page, uploads["face.png"])
+    assert page.locator("#attribute-bars li").count() == 40 and page.is_visible("#edit-images")
+    src(page, "#input-face")
+
+    upload(page, uploads["notes.png"])
+    assert "not an image the service can read" in page.inner_text("#error")
+    assert page.is_hidden("#face-result") and page.is_hidden("#edit-images") and page.is_hidden("#face-note")
+    assert page.locator("#attribute-bars li").count() == 0
+    for image in ("photo-preview", "input-face", "x-mean", "x-prime-mean", "edited-face"):
+        assert page.get_attribute(f"#{image}", "src") is None, image
+    assert page.is_disabled("#reset") and page.input_value("#attr-Male") == typical
+    screenshot(page, "9-cleared-after-a-failed-upload")
+
+    # No photo now: a slider move edits nothing, and generation sends only the moved slider.
+    edits: list[str] = []
+    page.on("request", lambda request: edits.append(request.url) if request.url.endswith("/edit") else None)
+    page.eval_on_selector(
+        "#attr-Mustache", 'input => { input.value = "2"; input.dispatchEvent(new Event("input", {bubbles: true})); }'
+    )
+    page.fill("#count", "1")
+    with page.expect_request("**/generate") as request:
+        page.click("#generate")
+    assert request.value.post_data_json["attributes"] == {"Mustache": 2} and edits == []
+
+
+# The API docs ------------------------------------------------------------------------------------------------
+def offline(page: Page, server: str) -> list[str]:
+    """Refuses every request that leaves the server, as a machine without the Internet would; returns them."""
+    outside: list[str] = []
+
+    def only_local(route: Route) -> None:
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    return outside
+
+
+def test_docs_pages_and_assets_are_served_without_a_key(keyed_server: str) -> None:
+    with httpx.Client(base_url=keyed_server) as client:
+        for path, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+            page = client.get(path)
+            assert page.status_code == 200 and f"/static-docs/{script}" in page.text, path
+            assert "https://" not in page.text, path  # nothing from a CDN or Google Fonts
+            asset = client.get(f"/static-docs/{script}")
+            assert asset.status_code == 200 and "javascript" in asset.headers["content-type"]
+        assert client.get("/static-docs/swagger-ui.css").headers["content-type"].startswith("text/css")
+        assert client.get("/static-docs/nothing.js").status_code == 404
+        spec = client.get("/openapi.json").json()  # what the docs read: open, as the page is
+        assert spec["components"]["securitySchemes"]["apiKey"] == {"type": "http", "scheme": "bearer"}
+        assert spec["paths"]["/generate"]["post"]["security"] == [{"apiKey": []}]
+        assert "security" not in spec["paths"]["/healthz"]["get"]
+        assert client.post("/generate", json={"n": 0}).status_code == 401  # the operations stay guarded
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_swagger_ui_works_offline_and_tries_out_generate(page: Page, server: str) -> None:
+    outside = offline(page, server)
+    page.goto(f"{server}/docs")
+    operations = page.locator(".opblock-summary-path")
+    expect(operations.first).to_be_visible()
+    paths = set(operations.all_inner_texts())
+    assert {"/generate", "/edit", "/attributes", "/model", "/healthz"} <= {p.replace("\u200b", "") for p in paths}
+    screenshot(page, "docs-1-swagger-ui")
+
+    block = page.locator(".opblock-post", has=page.locator(".opblock-summary-path", has_text="/generate"))
+    block.locator(".opblock-summary").click()
+    block.get_by_role("button", name="Try it out").click()
+    block.locator(".response-controls select").first.select_option("image/png")
+    with page.expect_response(lambda r: r.url.endswith("/generate") and r.request.method == "POST") as answer:
+        block.get_by_role("button", name="Execute").click()
+    assert answer.value.status == 200 and answer.value.headers["content-type"] == "image/png"
+    expect(block.locator(".live-responses-table tr.response .response-col_status")).to_have_text("200")
+    expect(block.locator(".live-responses-table img")).to_have_count(1)  # the PNG, shown
+    screenshot(page, "docs-2-tried-generate")
+    assert outside == []
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_redoc_works_offline(page: Page, server: str) -> None:
+    outside = offline(page, server)
+    page.goto(f"{server}/redoc")
+    title = page.locator("h2", has_text="Attributes → average face and random faces")
+    expect(title).to_be_visible(timeout=30_000)
+    screenshot(page, "docs-3-redoc")
+    # The bundle hardcodes its "API docs by Redocly" logo's URL: offline that image alone is missing.
+    assert outside in ([], ["https://cdn.redoc.ly/redoc/logo-mini.svg"]), outside

@@ -2,7 +2,14 @@
 
 from fastapi import APIRouter
 
-from . import attributes, edit, generate, model, operations
+from . import attributes, docs, edit, generate, model, operations
 
-ROUTERS: tuple[APIRouter, ...] = (operations.router, model.router, attributes.router, generate.router, edit.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    operations.router,
+    docs.router,
+    model.router,
+    attributes.router,
+    generate.router,
+    edit.router,
+)
 # admin.router: only with an API key (service/app.py)

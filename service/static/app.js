@@ -163,6 +163,7 @@ async function loadPhoto(file) {
   try {
     body = await requestEdit(file, {});
   } catch (error) {
+    if (error.name !== "AbortError") clearPhoto(); // the results on show would be taken for this file's
     showError(error);
     return;
   } finally {
@@ -215,6 +216,26 @@ function scheduleEdit() {
       showError(error);
     }
   }, EDIT_DELAY_MS);
+}
+
+// Forgets the previous photo: its preview, crop, attributes and edits, and the sliders go back to the typical face.
+function clearPhoto() {
+  state.photo = null;
+  state.photoAttributes = null;
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = null;
+  $("photo-preview").removeAttribute("src");
+  $("attribute-bars").replaceChildren();
+  $("face-result").hidden = true;
+  $("face-note").hidden = true;
+  $("face-note").textContent = "";
+  for (const id of ["input-face", "x-mean", "x-prime-mean", "edited-face"]) {
+    $(id).removeAttribute("src");
+    $(`${id}-download`).removeAttribute("href");
+  }
+  $("edit-images").hidden = true;
+  $("reset").disabled = true;
+  setSliders(state.typical);
 }
 
 function showPhoto(file, body) {
