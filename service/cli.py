@@ -15,6 +15,7 @@ from uvicorn.supervisors import Multiprocess
 
 from jmvae.model.checkpoint import CheckpointError, load_jmvae
 
+from .connections import protocol
 from .engine import DEFAULT_CHECKPOINT
 from .logs import log_config
 from .settings import Settings
@@ -61,7 +62,8 @@ def serve(checkpoint: Path | None, host: str, port: int, workers: int) -> int:
         "port": port,
         "timeout_graceful_shutdown": GRACE_S,
         "timeout_keep_alive": KEEP_ALIVE_S,
-        "http": settings.http_parser,
+        "http": protocol(settings.http_parser),
+        "limit_concurrency": settings.max_connections,
         "loop": settings.event_loop,
         "log_config": log_config(settings.log_level, settings.log_format),
     }

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     http_parser: Literal["auto", "httptools", "h11"] = Field(
         "auto", description="uvicorn's HTTP parser; auto: httptools (C) when installed, else h11 (pure Python)"
     )
+    # Slow clients (service/connections.py), as nginx's client_header_timeout and client_body_timeout.
+    header_timeout_s: float = Field(10.0, gt=0, le=3600, description="a request's headers must arrive within this")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="longest pause while a request body arrives")
+    max_connections: int = Field(
+        4096, ge=1, description="open connections (and requests) per worker; a request beyond them gets a 503"
+    )
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="uvicorn's event loop; auto: uvloop when installed, else asyncio's"
     )
