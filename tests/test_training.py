@@ -40,8 +40,12 @@ def tiny_toml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_run(tmp_path_factory.mktemp("config") / "tiny.toml", TRAINING)
 
 
+def _train_args(out: Path, config: Path, *extra: str) -> list[str]:
+    return ["train", "--data", "synthetic", "--out", str(out), "--config", str(config), *extra]
+
+
 def _train(out: Path, config: Path, *extra: str) -> int:
-    return main(["train", "--data", "synthetic", "--out", str(out), "--config", str(config), *extra])
+    return main(_train_args(out, config, *extra))
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -270,20 +274,7 @@ def test_resume_guards(tmp_path: Path, tiny_toml: Path, reference_run: Path, cap
 @pytest.mark.slow
 def test_sigterm_saves_and_resume_matches(tmp_path: Path, tiny_toml: Path, reference_run: Path) -> None:
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "jmvae.cli",
-        "train",
-        "--data",
-        "synthetic",
-        "--out",
-        str(out),
-        "--config",
-        str(tiny_toml),
-        "--epochs",
-        "3",
-    ]
+    cmd = [sys.executable, "-m", "jmvae.cli", *_train_args(out, tiny_toml, "--epochs", "3")]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -308,20 +299,7 @@ def test_sigkill_mid_epoch_resumes_from_the_last_epoch_and_matches(
 ) -> None:
     """SIGKILL gives no chance to save: the steps since the last whole epoch are lost and trained again."""
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "jmvae.cli",
-        "train",
-        "--data",
-        "synthetic",
-        "--out",
-        str(out),
-        "--config",
-        str(tiny_toml),
-        "--epochs",
-        "3",
-    ]
+    cmd = [sys.executable, "-m", "jmvae.cli", *_train_args(out, tiny_toml, "--epochs", "3")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = out / "metrics.jsonl"
 
@@ -380,17 +358,7 @@ def test_ddp_two_gloo_processes(tmp_path: Path, tiny_toml: Path) -> None:
         "2",
         "-m",
         "jmvae.cli",
-        "train",
-        "--data",
-        "synthetic",
-        "--out",
-        str(out),
-        "--config",
-        str(tiny_toml),
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
+        *_train_args(out, tiny_toml, "--epochs", "1", "--device", "cpu"),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
