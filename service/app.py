@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from jmvae.model.checkpoint import CheckpointError
 
+from . import tracing
 from .engine import Engine
 from .errors import install_error_handlers
 from .metrics import ServiceMetrics
@@ -29,7 +30,8 @@ from .settings import Settings
 logger = logging.getLogger("jmvae.service")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, tracer_provider: Any = None) -> FastAPI:
+    """The service's app; requests are traced when OTEL_* is configured, or with `tracer_provider` (tests)."""
     settings = settings or Settings()
     metrics = ServiceMetrics()
     app = FastAPI(
@@ -44,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_middleware(app, settings, metrics)
+    tracing.install(app, tracer_provider)  # outermost: a request's span covers everything done for it
     install_error_handlers(app, metrics)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="static-docs")

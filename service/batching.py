@@ -37,6 +37,11 @@ class _Item(Generic[In, Out]):
     enqueued: float  # time.perf_counter(), for the queue-wait metric
     deadline: float | None  # time.monotonic() by which its batch must start
     running: bool = False  # taken into a batch that is running: its answer comes with that batch
+    # Wall clock (time.time_ns()), for the request's trace: when it queued, and when its batch started and ended.
+    enqueued_ns: int = 0
+    started_ns: int = 0
+    finished_ns: int = 0
+    batch_size: int = 0
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -65,6 +70,7 @@ class Batcher(Generic[In, Out]):
         max_wait_s: float,
         max_queue: int,
         on_batch: Callable[[str, BatchStats], None] | None = None,
+        on_answer: Callable[[str, int, int, int, int], None] | None = None,
     ) -> None:
         self.name = name
         self._run = run
@@ -73,6 +79,8 @@ class Batcher(Generic[In, Out]):
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
         self._on_batch = on_batch
+        # Told, in the submitter's context, of each answered item: (path, enqueued, started, finished ns, batch size).
+        self._on_answer = on_answer
         # A deque rather than an asyncio.Queue: a submitter that gives up removes its own item, so the depth
         # (and max_queue) counts only items that may still run.
         self._queue: deque[_Item[In, Out]] = deque()
@@ -109,6 +117,7 @@ class Batcher(Generic[In, Out]):
         if deadline is not None and time.monotonic() >= deadline:
             raise self._late()
         item: _Item[In, Out] = _Item(value, asyncio.get_running_loop().create_future(), time.perf_counter(), deadline)
+        item.enqueued_ns = time.time_ns()
         self._queue.append(item)
         self._arrived.set()
         try:
@@ -118,7 +127,10 @@ class Batcher(Generic[In, Out]):
             if not item.future.done() and not item.running:
                 self._withdraw(item)
                 raise self._late()
-            return await item.future
+            output = await item.future
+            if self._on_answer is not None and item.started_ns:
+                self._on_answer(self.name, item.enqueued_ns, item.started_ns, item.finished_ns, item.batch_size)
+            return output
         except BaseException:
             self._withdraw(item)  # cancelled (the client went away) or late: never run it
             raise
@@ -188,8 +200,9 @@ class Batcher(Generic[In, Out]):
 
     async def _run_batch(self, batch: list[_Item[In, Out]]) -> None:
         loop = asyncio.get_running_loop()
+        started_ns = time.time_ns()
         for item in batch:
-            item.running = True
+            item.running, item.started_ns, item.batch_size = True, started_ns, len(batch)
         started = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(self._executor, self._run, [item.value for item in batch])
@@ -198,6 +211,9 @@ class Batcher(Generic[In, Out]):
             await self._run_singly(batch)
             return
         finished = time.perf_counter()
+        finished_ns = time.time_ns()
+        for item in batch:
+            item.finished_ns = finished_ns
         for item, output in zip(batch, outputs, strict=True):
             if not item.future.done():
                 item.future.set_result(output)
@@ -209,8 +225,10 @@ class Batcher(Generic[In, Out]):
     async def _run_singly(self, batch: list[_Item[In, Out]]) -> None:
         loop = asyncio.get_running_loop()
         for item in batch:
+            item.started_ns, item.batch_size = time.time_ns(), 1
             try:
                 (output,) = await loop.run_in_executor(self._executor, self._run, [item.value])
+                item.finished_ns = time.time_ns()
             except Exception as e:
                 if not item.future.done():
                     item.future.set_exception(e)

@@ -24,6 +24,7 @@ from .faces import BadBox, as_box, check_inside, face_fields, parse_box
 from .images import decode_upload
 from .schemas import AttributesResponse, DetectedFace, EditResponse, GenerateRequest, GenerateResponse
 from .settings import Settings
+from .tracing import step
 
 
 class InvalidInput(ValueError):
@@ -70,19 +71,23 @@ class Core:
     def crop(self, photo: bytes, box: str | None = None) -> FaceCrop:
         """Decodes an uploaded photo (ImageRejected when it is not one the service takes) and crops its face:
         around `box`, the `box` form field's JSON, or else around the most confident detection."""
-        return self.cropper.crop(*self._decode(photo, box))
+        image, face_box = self._decode(photo, box)
+        with step("face detection"):
+            return self.cropper.crop(image, face_box)
 
     def crop_every_face(self, photo: bytes, box: str | None = None) -> tuple[FaceCrop, list[np.ndarray]]:
         """`crop`, and the model inputs of the next most confident faces, up to max_faces_per_photo in all."""
         image, face_box = self._decode(photo, box)
-        face = self.cropper.crop(image, face_box)
-        others = face.faces[1 : self.settings.max_faces_per_photo] if face.detected else ()
-        return face, self.cropper.crop_each(image, others)
+        with step("face detection"):
+            face = self.cropper.crop(image, face_box)
+            others = face.faces[1 : self.settings.max_faces_per_photo] if face.detected else ()
+            return face, self.cropper.crop_each(image, others)
 
     def _decode(self, photo: bytes, box: str | None) -> tuple[Image.Image, CropBox | None]:
         try:
             face_box = parse_box(box) if box is not None else None  # before the costly decode
-            image = decode_upload(photo, self.settings.max_image_pixels, self.settings.max_upload_bytes)
+            with step("decode"):
+                image = decode_upload(photo, self.settings.max_image_pixels, self.settings.max_upload_bytes)
             if face_box is not None:
                 check_inside(face_box, image.size)
         except BadBox as e:
@@ -116,7 +121,8 @@ class Core:
     def generate_response(self, generation: Generation) -> GenerateResponse:
         """The JSON answer, faces as base64 PNGs (CPU work: callers on an event loop run it on a thread)."""
         job = generation.job
-        encoded = [png_base64(image) for image in generation.images]
+        with step("encode"):
+            encoded = [png_base64(image) for image in generation.images]
         return GenerateResponse(
             attributes=self._by_name(job.attributes),
             seed=job.seed,
@@ -127,7 +133,8 @@ class Core:
 
     def edit_response(self, edit: Edit) -> EditResponse:
         """The JSON answer, faces as base64 PNGs (CPU work, as generate_response)."""
-        images = [png_base64(i) for i in (edit.face.pixels, edit.x_mean, edit.x_prime_mean, edit.edited)]
+        with step("encode"):
+            images = [png_base64(i) for i in (edit.face.pixels, edit.x_mean, edit.x_prime_mean, edit.edited)]
         return EditResponse(
             probabilities=self._by_name(edit.probabilities),
             attributes=self._by_name(edit.attributes),

@@ -22,6 +22,7 @@ from jmvae.model.preprocess import denormalise, normalise
 from .batching import Batcher, BatchStats
 from .metrics import ServiceMetrics
 from .settings import Settings
+from .tracing import record_batch
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "default_model" / "jmvae-default.safetensors"
 
@@ -83,6 +84,7 @@ class Engine:
             wait,
             settings.max_queue,
             self._observe,
+            record_batch,
         )
         self.attribute_path: Batcher[GenerateJob, Generated] = Batcher(
             "attributes",
@@ -92,6 +94,7 @@ class Engine:
             wait,
             settings.max_queue,
             self._observe,
+            record_batch,
         )
 
     @classmethod

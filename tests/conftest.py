@@ -42,6 +42,7 @@ FILES: dict[str, tuple[str, ...]] = {
     "test_serve.py": ("integration",),
     "test_service.py": ("integration",),
     "test_synthetic.py": ("unit",),
+    "test_tracing.py": ("integration",),
     "test_training.py": ("integration",),
     "test_webui.py": ("browser",),
 }

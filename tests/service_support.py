@@ -33,11 +33,13 @@ def train_tiny_checkpoint(out: Path) -> Path:
 
 
 @contextmanager
-def running_server(settings: Settings, wait_ready: bool = True) -> Iterator[str]:
-    """Serves create_app(settings) on 127.0.0.1; yields the base URL once it accepts connections."""
+def running_server(settings: Settings, wait_ready: bool = True, tracer_provider: object = None) -> Iterator[str]:
+    """Serves create_app(settings, tracer_provider) on 127.0.0.1; yields the base URL once it accepts connections."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            create_app(settings, tracer_provider), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -12,6 +12,7 @@ from ..deps import CoreDep, DeadlineDep, EditUploadDep
 from ..encoding import accepted_image_type, encode_image
 from ..openapi import BOX_PART, CHANGES_PART, IMAGE_OK, IMAGE_PART, errors, multipart
 from ..schemas import EditResponse
+from ..tracing import step
 
 router = APIRouter(route_class=StandardJSONRoute)
 
@@ -27,5 +28,7 @@ router = APIRouter(route_class=StandardJSONRoute)
 async def edit(request: Request, core: CoreDep, deadline: DeadlineDep, upload: EditUploadDep) -> Any:
     edited = await deadline.guard(core.edit(upload.photo, upload.changes, upload.box, deadline.at))
     if media_type := accepted_image_type(request.headers.get("accept", "")):
-        return Response(await run_in_threadpool(encode_image, edited.edited, media_type), media_type=media_type)
+        with step("encode"):
+            encoded = await run_in_threadpool(encode_image, edited.edited, media_type)
+        return Response(encoded, media_type=media_type)
     return await run_in_threadpool(core.edit_response, edited)

@@ -14,6 +14,7 @@ from ..deps import CoreDep, DeadlineDep
 from ..encoding import accepted_image_type, encode_image
 from ..openapi import IMAGE_OK, errors
 from ..schemas import GenerateRequest, GenerateResponse
+from ..tracing import step
 
 router = APIRouter(route_class=StandardJSONRoute)
 
@@ -30,5 +31,7 @@ async def generate(request: Request, core: CoreDep, deadline: DeadlineDep, body:
     # Encoding images is CPU work: off the event loop, like decoding.
     if media_type := accepted_image_type(request.headers.get("accept", "")):
         image = generation.result.average if body.n == 0 else grid(generation.images)
-        return Response(await run_in_threadpool(encode_image, image, media_type), media_type=media_type)
+        with step("encode"):
+            encoded = await run_in_threadpool(encode_image, image, media_type)
+        return Response(encoded, media_type=media_type)
     return await run_in_threadpool(core.generate_response, generation)
