@@ -1,6 +1,6 @@
 """Deadlines under overload: how a running `jmvae serve` answers an open-loop load several times what it sustains.
 
-    python bench/deadlines.py --url http://127.0.0.1:8000 --factor 4 --seconds 20 [--deadline-ms 300] [--json]
+    python -m bench.deadlines --url http://127.0.0.1:8000 --factor 4 --seconds 20 [--deadline-ms 300] [--json]
 
 First a closed loop (--clients clients, one request after another, --probe seconds) measures the sustainable
 rate of POST /generate (n=4 by default, as bench/throughput.py sends it); then requests are sent at --factor times that
