@@ -100,11 +100,16 @@ class FaceCropper:
                 box, source = self._fallback_box(*rgb.size), "fallback"
         return FaceCrop(box, source, faces, crop_face(rgb, box, self.preprocessing.image_size))
 
-    def crop_each(self, image: Image.Image, faces: tuple[Face, ...]) -> list[np.ndarray]:
-        """The model input of each face (as `crop` frames the most confident one), for answering every face."""
-        rgb = to_rgb(image)
+    def crop_every_face(
+        self, image: Image.Image, limit: int, face_box: CropBox | None = None
+    ) -> tuple[FaceCrop, list[np.ndarray]]:
+        """`crop`, and the model inputs of the next most confident faces (framed as `crop` frames the first),
+        `limit` faces in all."""
+        rgb = to_rgb(image)  # once, for the crop and the others alike
+        face = self.crop(rgb, face_box)
+        others = face.faces[1:limit] if face.detected else ()
         size = self.preprocessing.image_size
-        return [crop_face(rgb, face.box.scaled(self.detection.box_scale), size) for face in faces]
+        return face, [crop_face(rgb, other.box.scaled(self.detection.box_scale), size) for other in others]
 
     def detect(self, image: Image.Image) -> list[Face]:
         """The faces in `image` that pass the detector, most confident first."""

@@ -10,6 +10,7 @@ import difflib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -79,9 +80,7 @@ class Core:
         """`crop`, and the model inputs of the next most confident faces, up to max_faces_per_photo in all."""
         image, face_box = self._decode(photo, box)
         with step("face detection"):
-            face = self.cropper.crop(image, face_box)
-            others = face.faces[1 : self.settings.max_faces_per_photo] if face.detected else ()
-            return face, self.cropper.crop_each(image, others)
+            return self.cropper.crop_every_face(image, self.settings.max_faces_per_photo, face_box)
 
     def _decode(self, photo: bytes, box: str | None) -> tuple[Image.Image, CropBox | None]:
         try:
@@ -113,10 +112,7 @@ class Core:
         return GenerateJob(self.engine.attribute_vector(request.attributes), request.n, request.zeta, seed)
 
     def attributes_response(self, face: FaceCrop, probabilities: np.ndarray) -> AttributesResponse:
-        by_name = dict(zip(self.names, map(float, probabilities)))
-        return AttributesResponse(
-            probabilities=by_name, present=[n for n, p in by_name.items() if p >= 0.5], **face_fields(face)
-        )
+        return AttributesResponse(**self._read(probabilities), **face_fields(face))
 
     def generate_response(self, generation: Generation) -> GenerateResponse:
         """The JSON answer, faces as base64 PNGs (CPU work: callers on an event loop run it on a thread)."""
@@ -147,14 +143,17 @@ class Core:
         )
 
     def _detected_face(self, face: Face, probabilities: np.ndarray) -> DetectedFace:
-        by_name = self._by_name(probabilities)
         return DetectedFace(
             box=as_box(face.box.scaled(self.cropper.detection.box_scale)),
             face_box=as_box(face.box),
             confidence=face.confidence,
-            probabilities=by_name,
-            present=[n for n, p in by_name.items() if p >= 0.5],
+            **self._read(probabilities),
         )
+
+    def _read(self, probabilities: np.ndarray) -> dict[str, Any]:
+        """An answer's `probabilities` by name and the names `present` (p ≥ 0.5)."""
+        by_name = self._by_name(probabilities)
+        return {"probabilities": by_name, "present": [n for n, p in by_name.items() if p >= 0.5]}
 
     def _by_name(self, values: np.ndarray) -> dict[str, float]:
         return dict(zip(self.names, map(float, values)))
