@@ -49,13 +49,14 @@ class ServiceMetrics:
         self.queue_depth = Gauge("jmvae_queue_depth", "items waiting per model path", ["path"], registry=self.registry)
         self.rejected = Counter(
             "jmvae_queue_rejections",
-            "requests refused with 503 because a queue was full",
+            "requests refused with 503 because a queue (or its path's admission limit) was full",
             ["path"],
             registry=self.registry,
         )
         self.deadline_exceeded = Counter(
             "jmvae_deadline_exceeded",
-            "requests answered 503 because their deadline passed before their batch started (never run)",
+            "requests answered 503 because their deadline passed, or would have, before their batch started "
+            "(never run)",
             ["path"],
             registry=self.registry,
         )
@@ -69,6 +70,10 @@ class ServiceMetrics:
         labels = (endpoint, method, str(status))
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
+
+    def observe_refusal(self, code: str, path: str) -> None:
+        """A request refused at admission (service/admission.py), counted with those its queue refuses."""
+        (self.deadline_exceeded if code == "deadline_exceeded" else self.rejected).labels(path).inc()
 
     def observe_batch(self, path: str, stats: BatchStats) -> None:
         self.batch_size.labels(path).observe(stats.size)

@@ -1,4 +1,5 @@
-"""What wraps every request: the API key, CORS, the body limit, metrics, and the request id and access log."""
+"""What wraps every request: the API key, CORS, the body limit, admission, metrics, and the request id and access
+log."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .admission import Admission, admission_limit
 from .deadlines import RecordArrival
 from .errors import BodyTooLarge, error_response
 from .logs import RequestContext
@@ -33,8 +35,9 @@ def max_body_bytes(settings: Settings) -> int:
 
 def install_middleware(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> None:
     """Innermost first (each one added wraps the ones before): auth, CORS (so that 401s carry CORS headers), the
-    body limit, metrics around those so refusals are counted too, the request id and access log, so every log line
-    a request causes carries its id, and outermost X-Model-Version, so that refusals carry it too."""
+    body limit, admission (which refuses a model request before its body is read), metrics around those so
+    refusals are counted too, the request id and access log, so every log line a request causes carries its id,
+    and outermost X-Model-Version, so that refusals carry it too."""
     if settings.api_key is not None:
         _require_api_key(app, settings.api_key.get_secret_value())
     if settings.cors_origins:
@@ -45,6 +48,13 @@ def install_middleware(app: FastAPI, settings: Settings, metrics: ServiceMetrics
             allow_headers=["Authorization", "Content-Type", "Accept"],
         )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes(settings))
+    app.add_middleware(
+        Admission,
+        limit=admission_limit(settings.max_queue, settings.max_batch_size),
+        batch_size=settings.max_batch_size,
+        timeout_ms=settings.request_timeout_ms,
+        on_refused=metrics.observe_refusal,
+    )
     app.add_middleware(
         RequestContext,
         on_response=lambda scope, status, seconds: metrics.observe_request(

@@ -6,7 +6,9 @@ so what waits behind it does not depend on how busy the machine is."""
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -109,6 +111,83 @@ def test_a_client_that_disconnects_leaves_the_queue_and_never_runs(tiny_checkpoi
         assert holder.result(WAIT_S).status_code == 200
         assert _metric(url, 'jmvae_requests_total{endpoint="/generate",method="POST",status="499"}') == 1
     assert 2 not in gate.seeds
+
+
+def _headers_without_body(url: str, seed: int, timeout_ms: int | None = None) -> socket.socket:
+    """A POST /generate whose headers are sent and whose body is not (yet): in flight, its body still to read."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"n": 0, "seed": seed}).encode()
+    extra = f"{HEADER}: {timeout_ms}\r\n" if timeout_ms else ""
+    conn = socket.create_connection((host, int(port)), timeout=WAIT_S)
+    conn.sendall(
+        f"POST /generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n".encode()
+    )
+    return conn
+
+
+def _answer(conn: socket.socket) -> tuple[int, dict[str, str], dict[str, str]]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536) or b"\r\n\r\n"
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    while len(body) < int(headers.get("content-length", 0)):
+        body += conn.recv(65536)
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+def test_a_request_beyond_the_admission_limit_is_refused_before_its_body_is_read(tiny_checkpoint: Path) -> None:
+    """max_queue 1 and batches of 1 admit 1 + 2 x 1 = 3 /generate requests at once (service/admission.py). Three
+    whose bodies have not arrived hold those places; a fourth is answered 503 overloaded at once, before its own
+    body is sent, and the other paths and health stay open. Once the three have their bodies, each is served."""
+    settings = Settings(checkpoint=tiny_checkpoint, max_queue=1, max_batch_size=1, warmup_batches=1)
+    with running_server(settings) as url:
+        waiting = [_headers_without_body(url, seed) for seed in (1, 2, 3)]
+        time.sleep(0.3)  # the server has read their headers
+        started = time.monotonic()
+        fourth = _headers_without_body(url, 4)
+        status, headers, body = _answer(fourth)
+        assert time.monotonic() - started < 5.0  # not after the body timeout
+        assert (status, body["error"], headers["retry-after"]) == (503, "overloaded", "1"), body
+        assert "3 requests" in body["detail"]
+        photo = image_bytes(np.zeros((64, 64, 3), np.uint8))
+        assert httpx.post(f"{url}/attributes", files={"image": ("f.png", photo, "image/png")}).status_code == 200
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        for seed, conn in zip((1, 2, 3), waiting, strict=True):  # one by one: a queue of 1 holds each in turn
+            conn.sendall(json.dumps({"n": 0, "seed": seed}).encode())
+            assert _answer(conn)[0] == 200
+        assert _generate(url, 5).status_code == 200  # their places are free again
+        assert _metric(url, 'jmvae_queue_rejections_total{path="attributes"}') == 1
+        assert _metric(url, 'jmvae_requests_total{endpoint="/generate",method="POST",status="503"}') == 1
+        for conn in [fourth, *waiting]:
+            conn.close()
+
+
+def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once_and_never_runs(
+    tiny_checkpoint: Path, gate: Gate
+) -> None:
+    """Once the path has answered at some rate and more than a batch is in flight, a request whose deadline is
+    shorter than the expected wait (in flight / rate, Little's law) gets its 503 deadline_exceeded straight away
+    rather than at its deadline; one with time enough is admitted and served."""
+    with running_server(_settings(tiny_checkpoint, 60_000)) as url, ThreadPoolExecutor(4) as pool:
+        for seed in range(10, 20):  # the path's rate: ten answers within the last two seconds
+            assert _generate(url, seed).status_code == 200
+        holder = pool.submit(_generate, url, HOLD)
+        assert gate.entered.wait(WAIT_S)
+        queued = [pool.submit(_generate, url, seed) for seed in (2, 3)]  # three in flight, batches of one
+        time.sleep(0.2)
+        started = time.monotonic()
+        refused = _generate(url, 4, {HEADER: "100"})
+        assert time.monotonic() - started < 1.0
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+        assert refused.json()["error"] == "deadline_exceeded" and "requests ahead" in refused.json()["detail"]
+        patient = pool.submit(_generate, url, 5, {HEADER: "50000"})
+        gate.release.set()
+        assert [f.result(WAIT_S).status_code for f in (holder, *queued, patient)] == [200, 200, 200, 200]
+        assert _metric(url, 'jmvae_deadline_exceeded_total{path="attributes"}') == 1
+    assert 4 not in gate.seeds and 5 in gate.seeds
 
 
 @pytest.fixture(scope="module")

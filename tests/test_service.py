@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -366,8 +367,15 @@ def test_static_files_are_labelled_by_their_mount_in_the_metrics(client: httpx.C
     """One label per mount, whatever file or missing file is asked for: the label set stays bounded."""
     for path in ("/static/app.js", "/static/style.css", "/static/missing-1.js", "/static-docs/swagger-ui.css"):
         client.get(path)
-    metrics = client.get("/metrics").text
-    labels = set(re.findall(r'jmvae_requests_total{endpoint="([^"]*)"', metrics))
+    # A file's request is counted once its task has closed the file, which may be just after the client has
+    # the last byte.
+    deadline = time.monotonic() + 10
+    while True:
+        metrics = client.get("/metrics").text
+        labels = set(re.findall(r'jmvae_requests_total{endpoint="([^"]*)"', metrics))
+        if {"/static", "/static-docs"} <= labels or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert {"/static", "/static-docs"} <= labels, labels
     assert not any(label.startswith(("/static/", "/static-docs/")) for label in labels), labels
     assert re.search(r'jmvae_requests_total{endpoint="/static",method="GET",status="404"} [1-9]', metrics)

@@ -1,0 +1,121 @@
+"""Admission: a model request that its batcher cannot hold, or could not start before its deadline, is refused
+at the door, before its body is read.
+
+The batchers' own checks (max_queue full: 503 `overloaded`; deadline passed in the queue: 503
+`deadline_exceeded`) come only once a request has been routed, its body read and validated: about a millisecond
+of the event loop's time each. Under several times the sustainable load those refusals alone fill the loop,
+every request then waits its turn behind them, and answers take tens of seconds whatever the deadlines say
+(bench/deadlines.py at 4x, docs/benchmarks.md). Here a refusal costs a few microseconds, so the loop keeps up
+and the admitted requests keep their deadlines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .deadlines import MAX_TIMEOUT_HEADER_MS, TIMEOUT_HEADER
+from .errors import error_response
+
+# Each model operation and the batcher path it queues on (service/engine.py).
+MODEL_PATHS = {"/attributes": "image", "/edit": "image", "/generate": "attributes"}
+RATE_WINDOW_S = 2.0  # answers counted for a path's current rate
+_TIMEOUT_HEADER = TIMEOUT_HEADER.lower().encode()
+
+
+def admission_limit(max_queue: int, max_batch_size: int) -> int:
+    """Requests a path admits at once: a full queue, the batch running and the one whose answers are encoded."""
+    return max_queue + 2 * max_batch_size
+
+
+class _PathLoad:
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.answered: deque[float] = deque()  # time.monotonic() of the answers within RATE_WINDOW_S
+
+    def expected_wait(self, now: float) -> float | None:
+        """Little's law: the time a new request spends in here is those in flight over the rate they leave at."""
+        while self.answered and self.answered[0] < now - RATE_WINDOW_S:
+            self.answered.popleft()
+        if not self.answered:
+            return None
+        return self.in_flight / (len(self.answered) / RATE_WINDOW_S)
+
+
+class Admission:
+    """Refuses a model request with a 503 and Retry-After when `limit` requests of its path are in flight in this
+    worker (`overloaded`), or when more than a batch is and, at the rate the path answers now, the new one would
+    wait past its deadline (`deadline_exceeded`: it would be refused in the queue anyway, after costing the loop
+    its body). `on_refused(code, path)` counts them."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        batch_size: int,
+        timeout_ms: float,
+        on_refused: Callable[[str, str], None],
+    ) -> None:
+        self.app = app
+        self.limit = limit
+        self.batch_size = batch_size
+        self.timeout_s = timeout_ms / 1000.0
+        self.on_refused = on_refused
+        self.load = {path: _PathLoad() for path in MODEL_PATHS.values()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = MODEL_PATHS.get(_route_path(scope)) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if path is None:
+            await self.app(scope, receive, send)
+            return
+        load = self.load[path]
+        refusal = self._refusal(load, scope)
+        if refusal is not None:
+            code, detail = refusal
+            self.on_refused(code, path)
+            await error_response(503, code, detail, {"Retry-After": "1"})(scope, receive, send)
+            return
+
+        async def send_counting(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                load.answered.append(time.monotonic())
+            await send(message)
+
+        load.in_flight += 1
+        try:
+            await self.app(scope, receive, send_counting)
+        finally:
+            load.in_flight -= 1
+
+    def _refusal(self, load: _PathLoad, scope: Scope) -> tuple[str, str] | None:
+        if load.in_flight >= self.limit:
+            return "overloaded", f"{self.limit} requests of this kind are already waiting or being answered"
+        if load.in_flight <= self.batch_size:  # too few to estimate from, and no queue to speak of
+            return None
+        wait = load.expected_wait(time.monotonic())
+        timeout_s = self._timeout_s(scope)
+        if wait is None or wait <= timeout_s:
+            return None
+        return (
+            "deadline_exceeded",
+            f"{load.in_flight} requests ahead take about {wait:.1f} s at the current rate, over this request's "
+            f"{timeout_s * 1000:.0f} ms deadline; it was not run",
+        )
+
+    def _timeout_s(self, scope: Scope) -> float:
+        # As service/deadlines.py's deadline_for: the header may shorten the setting, never lengthen it. A bad
+        # header is left to the route, which answers it 422.
+        for name, value in scope["headers"]:
+            if name == _TIMEOUT_HEADER and value.isdigit() and 1 <= int(value) <= MAX_TIMEOUT_HEADER_MS:
+                return min(int(value) / 1000.0, self.timeout_s)
+        return self.timeout_s
+
+
+def _route_path(scope: Scope) -> str:
+    # Behind a proxy's prefix (uvicorn --root-path) the path carries it.
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
