@@ -31,6 +31,7 @@ FILES: dict[str, tuple[str, ...]] = {
     "test_fuzz.py": ("integration",),
     "test_gan.py": ("integration",),
     "test_hostile.py": ("integration",),
+    "test_image.py": ("integration", "slow", "image"),
     "test_images.py": ("unit",),
     "test_layering.py": ("unit",),
     "test_load.py": ("integration", "slow"),

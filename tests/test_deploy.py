@@ -218,15 +218,17 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_both_torch_buil
     final = steps[stages[-1] :]
     args = dict(a.split("=", 1) for op, a in steps if op == "ARG" and "=" in a)
     assert args["PYTHON_IMAGE"] == "python:3.11-slim" and args["TORCH_VARIANT"] == "cuda"
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu" and args["OFFLINE"] == "0"
     run = " ".join(a for op, a in steps if op == "RUN")
-    assert "--index-url https://download.pytorch.org/whl/cpu" in run and 'startswith("torch==")' in run
+    assert '--index-url "$TORCH_INDEX_URL"' in run and 'startswith("torch==")' in run
 
     final_ops = dict((op, a) for op, a in final)  # the last of each kind
     assert final_ops["COPY"].startswith("--from=builder /opt/venv")
     assert final_ops["USER"].split(":")[0] not in ("root", "0")
     assert "/healthz" in final_ops["HEALTHCHECK"]
     assert final_ops["EXPOSE"] == "8000" and final_ops["STOPSIGNAL"] == "SIGTERM"
-    assert "jmvae serve --host 0.0.0.0 --port 8000 --workers" in final_ops["CMD"]
+    assert "PORT=8000" in final_ops["ENV"] and "PORT" in final_ops["HEALTHCHECK"]
+    assert 'jmvae serve --host 0.0.0.0 --port \\"$PORT\\" --workers' in final_ops["CMD"]
 
 
 def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
