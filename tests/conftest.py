@@ -28,6 +28,7 @@ FILES: dict[str, tuple[str, ...]] = {
     "test_evaluate.py": ("unit",),
     "test_faces.py": ("unit",),
     "test_faults.py": ("integration",),
+    "test_forward.py": ("unit",),
     "test_fuzz.py": ("integration",),
     "test_gan.py": ("integration",),
     "test_hostile.py": ("integration",),
