@@ -20,6 +20,7 @@ FILES: dict[str, tuple[str, ...]] = {
     "test_celeba.py": ("unit",),
     "test_checkpoint.py": ("unit",),
     "test_connections.py": ("integration",),
+    "test_cuda.py": ("integration", "cuda", "slow"),
     "test_deadlines.py": ("integration",),
     "test_default_model.py": ("integration",),
     "test_deploy.py": ("integration",),
