@@ -133,7 +133,7 @@ class Engine:
         """Captures the CUDA graphs (on CUDA), then runs each path at batch sizes 1 and max before declaring
         readiness (allocator, kernels, caches)."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._capture)
+        await loop.run_in_executor(self._executor, self.capture)
         face = np.zeros((self.image_size, self.image_size, 3), np.uint8)
         job = GenerateJob(self.default_attributes, n=1, zeta=1.0, seed=0)
         for _ in range(self.settings.warmup_batches):
@@ -149,7 +149,9 @@ class Engine:
         self._executor.shutdown(wait=True)
 
     @torch.inference_mode()
-    def _capture(self) -> None:
+    def capture(self) -> None:
+        """On CUDA, captures the model paths' graphs (service/forward.py); on the model thread, or by a caller that
+        runs the batch paths itself (bench/peers/common.py)."""
         self.forward.capture()
 
     # Public operations -----------------------------------------------------------------------------------
