@@ -338,9 +338,22 @@ def write_handover(dataset: FaceDataset, folder: Path) -> None:
         np.save(folder / f"{split}_attributes.npy", np.asarray(arrays.attributes))
 
 
+def replicate(dataset: FaceDataset, n: int) -> FaceDataset:
+    """The training split tiled to n images (the CelebA subset or synthetic faces to CelebA's 162,770, say)."""
+    train = dataset.split("train")
+    tiled = FaceArrays(
+        np.resize(train.images, (n, *train.images.shape[1:])),
+        np.resize(train.attributes, (n, train.attributes.shape[1])),
+    )
+    splits = {name: tiled if name == "train" else dataset.split(name) for name in ("train", "val", "test")}
+    return FaceDataset(dataset.name, dataset.content_key, dataset.attribute_names, splits)
+
+
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     ours = [r for r in rows if r["trainer"] == "ours"]
     peers = [r for r in rows if r["trainer"] == "multivae"]
+    if not peers:
+        return {}
     best, best_peer = max(ours, key=lambda r: r["images_per_s"]), max(peers, key=lambda r: r["images_per_s"])
     result = {
         f"ours best (batch {best['batch_size']}) / MultiVae best (batch {best_peer['batch_size']})": best[
@@ -431,8 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="CelebA root in its native layout, or 'synthetic'")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--batch-sizes", default="100,256,512,1024", help="ours; the best of them is reported")
-    parser.add_argument("--multivae-batch-sizes", default="100")
+    parser.add_argument("--multivae-batch-sizes", default="100", help="'': ours only")
     parser.add_argument("--train-images", type=int, help="epoch = the first N training images (default: all)")
+    parser.add_argument("--replicate", type=int, help="first tile the training split to N images")
     parser.add_argument("--epochs", type=int, default=3, help="per speed configuration, the first one untimed")
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument(
@@ -462,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multivae-python", type=Path, default=MULTIVAE_PYTHON)
     parser.add_argument("--json", type=Path, help="also write the full result as JSON here")
     args = parser.parse_args(argv)
-    if not args.multivae_python.exists():
+    if (args.multivae_batch_sizes or args.bound_seconds > 0) and not args.multivae_python.exists():
         parser.error(f"{args.multivae_python} is missing: run bash bench/setup_multivae.sh")
     args.resolved_device = device = resolve_device(args.device)
     if args.threads:
@@ -485,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     log(f"loading {args.data}")
     full = load_dataset(base)
+    if args.replicate:
+        full = replicate(full, args.replicate)
     speed_data = subset(full, args.train_images, 0)  # no validation split: fit() then skips validation
     bound_data = subset(full, args.train_images, args.val_examples)
     result: dict[str, Any] = {
@@ -509,10 +525,10 @@ def main(argv: list[str] | None = None) -> int:
             for batch in map(int, args.batch_sizes.split(",")):
                 if batch <= n_train:
                     contestants.append(Ours(base.model_copy(update={"batch_size": batch}), speed_data, device))
-            for batch in map(int, args.multivae_batch_sizes.split(",")):
+            for batch in (int(b) for b in args.multivae_batch_sizes.split(",") if b):
                 if batch <= n_train:
                     contestants.append(MultiVae(args, Path(handover), batch))
-            result["multivae_torch"] = next(c.info["torch"] for c in contestants if isinstance(c, MultiVae))
+            result["multivae_torch"] = next((c.info["torch"] for c in contestants if isinstance(c, MultiVae)), None)
             log(f"speed: {len(contestants)} configurations, {args.epochs} epochs each, taking turns")
             result["speed"], result["speed_load_per_round"] = speed(contestants, args.epochs)
         finally:

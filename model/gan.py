@@ -53,12 +53,13 @@ def generator_terms(
 
 def discriminator_loss(
     discriminator: Discriminator, real: torch.Tensor, fakes: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Binary cross-entropy of real vs decoded faces, the two classes weighted equally; with what D believes."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Binary cross-entropy of real vs decoded faces, the two classes weighted equally; with what D believes, as
+    detached 0-dim tensors on the device (the trainer reads them back at its log points only)."""
     real_logits, fake_logits = discriminator(real), discriminator(fakes)
     loss = 0.5 * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
     return loss, {
-        "d_loss": float(loss.detach()),
-        "d_real": float(torch.sigmoid(real_logits).mean().detach()),
-        "d_fake": float(torch.sigmoid(fake_logits).mean().detach()),
+        "d_loss": loss.detach(),
+        "d_real": torch.sigmoid(real_logits).mean().detach(),
+        "d_fake": torch.sigmoid(fake_logits).mean().detach(),
     }

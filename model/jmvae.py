@@ -20,6 +20,8 @@ from .preprocess import reframe
 InferenceMode = Literal["kl", "zero"]
 # The crop sizes, relative to the face's own crop, that `attribute_probabilities` averages over (each mirrored too).
 ATTRIBUTE_VIEW_ZOOMS = (0.95, 1.0, 1.05)
+# ObjectiveTerms.as_tensor's entries, by the metric names of training/metrics.py.
+TERM_NAMES = ("loss", "log_px", "log_pw", "kl_prior", "kl_image", "kl_attributes", "elbo")
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,15 @@ class ObjectiveTerms:
         """Eq. 1, the lower bound on log p(x, w), without warm-up."""
         return self.log_px + self.log_pw - self.kl_prior
 
+    def as_tensor(self) -> torch.Tensor:
+        """(len(TERM_NAMES),) float32 on the terms' device, detached: summed over steps there, it is read back to the
+        host once per log point instead of once per term and step (each read is a GPU sync)."""
+        terms = [getattr(self, name) for name in TERM_NAMES[:-1]] + [self.elbo]
+        return torch.stack([t.detach().float() for t in terms])
+
     def as_floats(self) -> dict[str, float]:
-        """The terms by the metric names of training/metrics.py."""
-        names = ("loss", "log_px", "log_pw", "kl_prior", "kl_image", "kl_attributes")
-        return {name: float(getattr(self, name).detach()) for name in names} | {"elbo": float(self.elbo.detach())}
+        """The terms by the metric names of training/metrics.py (one read back to the host)."""
+        return dict(zip(TERM_NAMES, self.as_tensor().tolist()))
 
 
 class ImageLikelihood(nn.Module):

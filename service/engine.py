@@ -17,9 +17,9 @@ from jmvae.model.attributes import AttributePrior
 from jmvae.model.checkpoint import CheckpointMeta, load_jmvae
 from jmvae.model.device import resolve_device
 from jmvae.model.jmvae import JMVAE
-from jmvae.model.preprocess import denormalise, normalise
 
 from .batching import Batcher, BatchStats
+from .forward import DeviceForward
 from .metrics import ServiceMetrics
 from .settings import Settings
 from .tracing import record_batch
@@ -74,6 +74,9 @@ class Engine:
         self.attribute_prior = attribute_prior
         self.default_attributes = attribute_prior.typical
         self.ready = False
+        self.forward = DeviceForward(
+            model, self.mode, device, settings.precision, settings.max_batch_size, settings.max_faces
+        )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jmvae-model")
         wait = settings.max_batch_wait_ms / 1000.0
         self.image_path: Batcher[np.ndarray, Encoded] = Batcher(
@@ -127,8 +130,10 @@ class Engine:
         self.attribute_path.start()
 
     async def warm_up(self) -> None:
-        """Runs each path at batch sizes 1 and max before declaring readiness (allocator, kernels, caches)."""
+        """Captures the CUDA graphs (on CUDA), then runs each path at batch sizes 1 and max before declaring
+        readiness (allocator, kernels, caches)."""
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.capture)
         face = np.zeros((self.image_size, self.image_size, 3), np.uint8)
         job = GenerateJob(self.default_attributes, n=1, zeta=1.0, seed=0)
         for _ in range(self.settings.warmup_batches):
@@ -142,6 +147,12 @@ class Engine:
         await self.image_path.stop()
         await self.attribute_path.stop()
         self._executor.shutdown(wait=True)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """On CUDA, captures the model paths' graphs (service/forward.py); on the model thread, or by a caller that
+        runs the batch paths itself (bench/peers/common.py)."""
+        self.forward.capture()
 
     # Public operations -----------------------------------------------------------------------------------
     async def encode(self, face: np.ndarray, deadline: float | None = None) -> Encoded:
@@ -160,21 +171,15 @@ class Engine:
     # Batched model paths: on the model thread via the batchers, or called by a server that batches itself ------
     @torch.inference_mode()
     def encode_batch(self, faces: Sequence[np.ndarray]) -> list[Encoded]:
-        x = normalise(torch.from_numpy(np.stack(faces)).to(self.device))
-        probabilities = self.model.attribute_probabilities(x, mode=self.mode).cpu().numpy()
-        return [Encoded(p) for p in probabilities]
+        return [Encoded(p) for p in self.forward.probabilities(faces)]
 
     @torch.inference_mode()
     def generate_batch(self, jobs: Sequence[GenerateJob]) -> list[Generated]:
-        w = torch.from_numpy(np.stack([job.attributes for job in jobs])).to(self.device)
-        q = self.model.infer(w=w, mode=self.mode)
-        latents = [q.mean]
-        for i, job in enumerate(jobs):
-            if job.n:
-                # Per-request generator on the CPU: the same seed gives the same faces whatever the batch.
-                eps = torch.randn((job.n, q.mean.shape[-1]), generator=torch.Generator().manual_seed(job.seed))
-                latents.append(q.mean[i] + q.std[i] * math.sqrt(job.zeta) * eps.to(self.device))
-        images = denormalise(self.model.decode_image(torch.cat(latents))).cpu().numpy()
+        latent_dim = self.meta.model.latent_dim
+        # Per-request generator on the CPU: the same seed gives the same faces whatever the batch and device.
+        noise = [torch.randn((job.n, latent_dim), generator=torch.Generator().manual_seed(job.seed)) for job in jobs]
+        w = np.stack([job.attributes for job in jobs])
+        images = self.forward.faces(w, noise, [math.sqrt(job.zeta) for job in jobs])
         averages, rest = images[: len(jobs)], images[len(jobs) :]
         out, start = [], 0
         for i, job in enumerate(jobs):

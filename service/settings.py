@@ -14,6 +14,11 @@ class Settings(BaseSettings):
 
     checkpoint: Path | None = Field(None, description="checkpoint file; unset serves the model shipped in the package")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="the model's matrix work: fp32, or bf16/fp16 autocast (weights stay fp32); answers stay within "
+        "0.03 of fp32's probabilities and 8 grey levels of its faces (tests/test_forward.py)",
+    )
     max_batch_size: int = Field(32, ge=1, description="largest merged forward pass; 1 turns batching off")
     # 0: a batch is whatever queued while the previous one ran, so it grows with the load and a lone request
     # never idles. A 5 ms wait halved throughput at 1 client (bench/serving.py) and gained nothing at 8 or 32.

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from jmvae.model.jmvae import JMVAE
@@ -42,3 +43,49 @@ def test_roc_auc_matches_the_pairwise_definition() -> None:
         assert abs(auc[j] - pairs) < 1e-12
     assert np.isnan(auc[2])
     assert roc_auc(np.array([[0.1], [0.9]]), np.array([[False], [True]]))[0] == 1.0
+
+
+def _split(n: int = 30) -> FaceArrays:
+    rng = np.random.default_rng(2)
+    return FaceArrays(
+        rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
+        np.where(rng.random((n, 40)) < 0.3, 1, -1).astype(np.int8),
+    )
+
+
+def test_batching_leaves_every_deterministic_score_as_it_was(tiny_model: JMVAE) -> None:
+    """Memory is bounded by the batch, not the split; what does not depend on the bounds' random draws is the same
+    in batches of 7 (the last one partial) as in one batch of all 30."""
+    from jmvae.training.report import image_codes
+
+    split, prevalence = _split(), np.full(40, 0.3)
+    whole = evaluate(tiny_model, split, prevalence, alpha=0.1, k=2, n_w=2, batch_size=30)
+    batched = evaluate(tiny_model, split, prevalence, alpha=0.1, k=2, n_w=2, batch_size=7)
+    deterministic = [key for key in whole if key.startswith(("attr_acc", "attr_auc"))]
+    assert len(deterministic) == 7  # kl, zero and served, accuracy and AUC, and the majority baseline
+    for key in deterministic:
+        assert abs(whole[key] - batched[key]) < 1e-6, key
+    tiny_model.eval()
+    for a, b in zip(image_codes(tiny_model, split, 30, 30), image_codes(tiny_model, split, 30, 7), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+        assert a.shape[0] == 30
+
+
+def test_the_work_of_a_batch_stays_on_the_models_device(tiny_model: JMVAE) -> None:
+    """On the meta device nothing is computed and a tensor from any other device raises: each batch's scores and
+    the figure's faces are made from the model's device alone (what CUDA needs), before the one read back."""
+    from jmvae.training.evaluate import batch_scores
+    from jmvae.training.report import attribute_faces
+
+    model = tiny_model.to("meta").eval()
+    x = torch.rand(5, 3, 16, 16, device="meta")
+    w = torch.ones(5, 40, device="meta")
+    majority = torch.zeros(40, dtype=torch.bool, device="meta")
+    with torch.inference_mode():
+        scalars, logits = batch_scores(model, x, w, 0.1, 2, 2, None, majority)
+        faces = attribute_faces(model, np.zeros((3, 40), np.float32), seed=0, n_random=2)
+    assert {"log_pxw", "attr_acc_kl", "attr_acc_served", "attr_acc_majority"} <= scalars.keys()
+    assert {t.device.type for t in [*scalars.values(), *logits.values(), faces]} == {"meta"}
+    assert faces.shape == (3, 3, 3, 16, 16)
+    with pytest.raises(RuntimeError, match="device"):  # the detector works: a CPU tensor in a meta model's pass
+        batch_scores(model, torch.rand(5, 3, 16, 16), w, 0.1, 2, 2, None, majority)

@@ -239,6 +239,133 @@ def test_resume_gives_the_same_weights(tmp_path: Path, tiny_toml: Path, referenc
     _assert_same_weights(out / "final.safetensors", reference_run / "final.safetensors")
 
 
+def test_resume_with_foreach_adam_gives_the_same_weights(
+    tmp_path: Path, tiny_toml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer's fused Adam and the foreach one both pair each weight with its moments in memory order, which
+    for the channels-last convolutions a restore must keep: the foreach kernel resumes exactly too."""
+    monkeypatch.setattr(
+        "jmvae.training.trainer.adam",
+        lambda parameters, lr, betas: torch.optim.Adam(parameters, lr=lr, betas=betas, foreach=True),
+    )
+    assert _train(tmp_path / "reference", tiny_toml, "--epochs", "2") == 0
+    out = tmp_path / "run"
+    assert _train(out, tiny_toml, "--epochs", "1") == 0
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    _assert_same_weights(out / "final.safetensors", tmp_path / "reference" / "final.safetensors")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("implementation", ["fused", "foreach"])
+def test_restored_adam_moments_take_their_parameters_layout(
+    implementation: str, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """Checkpoints store tensors in the default layout (save_checkpoint: .contiguous()); restored into channels-last
+    weights as they were, the fused kernel would update the wrong entries. Restored, the moments take their
+    weights' strides, and steps after the restore are exactly the uninterrupted ones."""
+    from tiny_configs import TINY_MODEL
+
+    from jmvae.model.jmvae import JMVAE
+    from jmvae.training.trainer import _optimizer_from_checkpoint, _optimizer_to_checkpoint
+
+    x, w = batch
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def build() -> tuple[JMVAE, torch.optim.Adam]:
+        torch.manual_seed(0)
+        model = JMVAE(TINY_MODEL).to(memory_format=torch.channels_last)
+        return model, torch.optim.Adam(model.parameters(), lr=1e-2, **{implementation: True})
+
+    def step(model: JMVAE, optimizer: torch.optim.Adam, seed: int) -> None:
+        optimizer.zero_grad()
+        model(x, w, generator=torch.Generator().manual_seed(seed)).loss.backward()
+        optimizer.step()
+
+    model, optimizer = build()
+    for seed in range(2):
+        step(model, optimizer, seed)
+    tensors, saved = _optimizer_to_checkpoint(optimizer)
+    resumed, resumed_optimizer = build()
+    resumed.load_state_dict(model.state_dict())
+    # As read back from a file: copies, in the default layout.
+    stored = {k: v.clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
+    _optimizer_from_checkpoint(resumed_optimizer, stored, saved)
+    for parameter in resumed.parameters():
+        assert resumed_optimizer.state[parameter]["exp_avg"].stride() == parameter.stride()
+    for seed in range(2, 4):
+        step(model, optimizer, seed)
+        step(resumed, resumed_optimizer, seed)
+    assert any(p.ndim == 4 and not p.is_contiguous() for p in model.parameters())  # the case that needs the fix
+    for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.unit
+def test_a_checkpoint_of_the_per_parameter_adam_resumes_with_the_fused_kernel(
+    tiny_model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """A checkpoint's param groups carry its optimiser's implementation flags; the running optimiser keeps its own."""
+    from jmvae.training.trainer import _optimizer_from_checkpoint, _optimizer_to_checkpoint, adam
+
+    loop = torch.optim.Adam(tiny_model.parameters(), foreach=False)
+    tiny_model(*batch).loss.backward()
+    loop.step()
+    fused = adam(tiny_model.parameters(), 1e-3, (0.9, 0.999))
+    _optimizer_from_checkpoint(fused, *_optimizer_to_checkpoint(loop))
+    assert fused.param_groups[0]["fused"] is True and fused.param_groups[0]["foreach"] is None
+    fused.step()  # the fused kernel accepts the restored state (its step counts as float32 tensors)
+
+
+def test_no_host_reads_between_log_points(tmp_path: Path, tiny_toml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every read of a tensor's value on the host is a GPU sync. In the loop, the only one is at each log point:
+    one epoch of 6 steps logged every 2 reads back 3 times, whatever the number of loss terms."""
+    from jmvae.training.trainer import Trainer
+
+    reads: list[str] = []
+    counting = False
+
+    def counter(name: str) -> object:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: object, **kwargs: object) -> object:
+            if counting:
+                reads.append(name)
+            return original(self, *args, **kwargs)
+
+        return counted
+
+    for name in ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counter(name))
+    train_epoch = Trainer._train_epoch
+
+    def watched(self: Trainer, *args: object) -> bool:
+        nonlocal counting
+        counting = True
+        try:
+            return train_epoch(self, *args)
+        finally:
+            counting = False
+
+    monkeypatch.setattr(Trainer, "_train_epoch", watched)
+    assert _train(tmp_path / "run", tiny_toml, "--epochs", "1") == 0
+    assert reads == ["tolist"] * 3
+    train = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())]
+    assert [r["step"] for r in train if r["kind"] == "train"] == [2, 4, 6]
+
+
+def test_a_non_finite_loss_stops_training_at_the_next_log_point(tmp_path: Path) -> None:
+    from jmvae.training.config import TrainConfig
+    from jmvae.training.synthetic import synthetic_dataset
+    from jmvae.training.trainer import Trainer
+
+    config = load_config(write_tiny_run(tmp_path / "nan.toml", TRAINING, lr=1e30, log_every=3))
+    assert isinstance(config, TrainConfig)
+    data = synthetic_dataset(n_train=300, n_val=0, n_test=0, seed=0, image_size=32)
+    trainer = Trainer(config.model_copy(update={"epochs": 1}), tmp_path / "run", data, torch.device("cpu"))
+    with pytest.raises(FloatingPointError, match=r"within steps (1-3|4-6); lower --lr"):
+        trainer.fit()
+
+
 def test_resume_of_a_run_written_before_the_metric_vocabulary(tmp_path: Path, tiny_toml: Path) -> None:
     """Run directories from before training/metrics.py named validation metrics val_<name>, in metrics.jsonl and
     in last.safetensors: such a run resumes, and goes on with today's names."""

@@ -14,22 +14,21 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    enabled: bool = False  # in a process group: DDP, collective stop flags and barriers
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
 
 def init_distributed(device: torch.device) -> DistContext:
-    """Join the process group torchrun describes in the environment; a plain launch is a world of one."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    """Join the process group torchrun describes in the environment, also as a world of one (so that one GPU under
+    torchrun runs the NCCL path of many); a plain launch is a world of one without a group."""
+    if "WORLD_SIZE" not in os.environ:
         return DistContext()
-    ctx = DistContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    ctx = DistContext(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")), True
+    )
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(ctx.local_rank)

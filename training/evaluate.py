@@ -7,7 +7,7 @@ import torch
 
 from jmvae.model.baselines import CVAE, VAE, AttributeClassifier, Model
 from jmvae.model.bounds import cvae_log_px_given_w, importance_weighted_bounds, vae_log_px
-from jmvae.model.jmvae import JMVAE
+from jmvae.model.jmvae import JMVAE, TERM_NAMES
 from jmvae.model.preprocess import denormalise, normalise
 
 from .data import FaceArrays
@@ -40,48 +40,66 @@ def evaluate(
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     n = min(len(split), max_examples)
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}  # on the device, weighted by batch size
     scores: dict[str, list[np.ndarray]] = {}
     majority = torch.from_numpy(train_prevalence >= 0.5).to(device)
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
         x = normalise(torch.from_numpy(np.array(split.images[rows])).to(device))  # a copy: the cache is read-only
         w = torch.from_numpy(split.attributes[rows]).to(device).float()
-        terms = model(x, w, alpha=alpha, beta=1.0, generator=generator).as_floats()
-        batch = {name: value for name, value in terms.items() if name != "loss"}
-        if isinstance(model, VAE):
-            batch["log_px_single"] = float(vae_log_px(model, x, k=k, generator=generator).mean())
-        elif isinstance(model, CVAE):
-            batch["log_px_given_w"] = float(cvae_log_px_given_w(model, x, w, k=k, generator=generator).mean())
-        predictions: dict[str, torch.Tensor] = {}
-        if isinstance(model, JMVAE):
-            bounds = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)
-            batch |= {
-                name: float(getattr(bounds, name).mean())
-                for name in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w")
-            }
-            predictions = {mode: model.decode_attributes(model.infer(x=x, mode=mode).mean) for mode in ("kl", "zero")}
-            # What POST /attributes answers: the same q(z|x), averaged over views of the face.
-            predictions["served"] = torch.logit(model.attribute_probabilities(x, mode="kl").double()).float()
-        elif isinstance(model, AttributeClassifier):
-            predictions = {"classifier": model.logits(x)}
-        present = w > 0
-        for source, logits in predictions.items():
-            batch[f"attr_acc_{source}"] = float(((logits > 0) == present).float().mean())
-            scores.setdefault(source, []).append(logits.float().cpu().numpy())
-        if predictions:
-            batch["attr_acc_majority"] = float((majority == present).float().mean())
+        batch, predictions = batch_scores(model, x, w, alpha, k, n_w, generator, majority)
         for name, value in batch.items():
-            sums[name] = sums.get(name, 0.0) + value * len(x)
+            sums[name] = sums[name] + value * len(x) if name in sums else value * len(x)
+        if predictions:  # one read back to the host per batch: every source's logits at once
+            logits = torch.stack([p.float() for p in predictions.values()]).cpu().numpy()
+            for source, part in zip(predictions, logits, strict=True):
+                scores.setdefault(source, []).append(part)
     model.train(was_training)
     if not n:
         return {}
-    metrics = {name: total / n for name, total in sums.items()}
+    names = list(sums)
+    metrics = {name: total / n for name, total in zip(names, torch.stack(list(sums.values())).tolist())}
     labels = split.attributes[:n] > 0
     for mode, parts in scores.items():
         aucs = roc_auc(np.concatenate(parts), labels)
         metrics[f"attr_auc_{mode}"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
     return metrics
+
+
+def batch_scores(
+    model: Model,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    alpha: float,
+    k: int,
+    n_w: int,
+    generator: torch.Generator | None,
+    majority: torch.Tensor,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One batch of `evaluate`, all on the model's device: per-example means of the objective's terms, bounds and
+    accuracies as 0-dim float32 tensors, and each prediction source's attribute logits (B, A)."""
+    terms = model(x, w, alpha=alpha, beta=1.0, generator=generator).as_tensor()
+    batch = {name: value for name, value in zip(TERM_NAMES, terms, strict=True) if name != "loss"}
+    if isinstance(model, VAE):
+        batch["log_px_single"] = vae_log_px(model, x, k=k, generator=generator).mean()
+    elif isinstance(model, CVAE):
+        batch["log_px_given_w"] = cvae_log_px_given_w(model, x, w, k=k, generator=generator).mean()
+    predictions: dict[str, torch.Tensor] = {}
+    if isinstance(model, JMVAE):
+        bounds = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)
+        for name in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w"):
+            batch[name] = getattr(bounds, name).mean()
+        predictions = {mode: model.decode_attributes(model.infer(x=x, mode=mode).mean) for mode in ("kl", "zero")}
+        # What POST /attributes answers: the same q(z|x), averaged over views of the face.
+        predictions["served"] = torch.logit(model.attribute_probabilities(x, mode="kl").double()).float()
+    elif isinstance(model, AttributeClassifier):
+        predictions = {"classifier": model.logits(x)}
+    present = w > 0
+    for source, logits in predictions.items():
+        batch[f"attr_acc_{source}"] = ((logits > 0) == present).float().mean()
+    if predictions:
+        batch["attr_acc_majority"] = (majority == present).float().mean()
+    return {name: value.float() for name, value in batch.items()}, predictions
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -119,10 +137,10 @@ def coherence(
         rows = slice(start, min(start + batch_size, n))
         w = torch.from_numpy(split.attributes[rows]).to(device).float()
         faces = normalise(denormalise(model.decode_image(model.q_attributes(w).mean)))
-        generated.append(classifier.logits(faces).cpu().numpy())
-        real.append(
-            classifier.logits(normalise(torch.from_numpy(np.array(split.images[rows])).to(device))).cpu().numpy()
-        )
+        x = normalise(torch.from_numpy(np.array(split.images[rows])).to(device))
+        both = torch.stack([classifier.logits(faces), classifier.logits(x)]).float().cpu().numpy()  # one read
+        generated.append(both[0])
+        real.append(both[1])
     labels = split.attributes[:n] > 0
     metrics = {}
     for auc, acc, parts in (

@@ -37,27 +37,33 @@ def write_report(
     classifier: AttributeClassifier | None = None,
     baselines: tuple[VAE | CVAE, ...] = (),
     crop: str | None = None,
+    batch_size: int = 250,
 ) -> dict[str, float]:
     """Writes out/metrics.json, out/report.md and the figures; returns the flat metrics, named as in
     training/metrics.py. With a classifier, the coherence of generation and Figure 1(a) scored; with VAE/CVAE
-    baselines, their bounds on the same examples (Table 1 side by side)."""
+    baselines, their bounds on the same examples (Table 1 side by side).
+
+    Everything runs on the model's device, `batch_size` examples at a time (memory bounded on a whole split), with
+    one read back to the host per batch."""
     out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
     prevalence = np.array([meta.data["attribute_prevalence"][n] for n in meta.attribute_names])
-    metrics = evaluate(model, split, prevalence, meta.alpha, k=k, n_w=n_w, max_examples=max_examples, seed=seed)
+    metrics = evaluate(
+        model, split, prevalence, meta.alpha, k=k, n_w=n_w, max_examples=max_examples, batch_size=batch_size, seed=seed
+    )
     for baseline in baselines:
-        scores = evaluate(baseline, split, prevalence, 0.0, k=k, max_examples=max_examples, seed=seed)
+        scores = evaluate(
+            baseline, split, prevalence, 0.0, k=k, max_examples=max_examples, batch_size=batch_size, seed=seed
+        )
         if isinstance(baseline, VAE):
             metrics["vae_log_px_single"] = scores["log_px_single"]
         else:
             metrics["cvae_log_px_given_w"] = scores["log_px_given_w"]
     if classifier is not None:
-        metrics |= coherence(model, classifier, split, max_examples)
+        metrics |= coherence(model, classifier, split, max_examples, batch_size)
     n = min(len(split), max_examples)
-    x = normalise(torch.from_numpy(np.array(split.images[:n])))
     labels = split.attributes[:n] > 0
-    with torch.inference_mode():
-        means = model.q_image(x).mean
-        logits = model.decode_attributes(means).numpy()
+    means, logits = image_codes(model, split, n, batch_size)
     aucs = roc_auc(logits, labels)
     accs = ((logits > 0) == labels).mean(axis=0)
     for name, auc, acc in zip(meta.attribute_names, aucs, accs):
@@ -66,18 +72,19 @@ def write_report(
     metrics |= {"examples": n, "k": k, "n_w": n_w}
     names = list(meta.attribute_names)
     rows = figure_rows(AttributePrior.from_summary(meta.data, names), names)
-    faces = _attribute_faces(model, np.stack([w for _, w in rows]), seed)
+    faces = attribute_faces(model, np.stack([w for _, w in rows]), seed)
     if classifier is not None:
         metrics |= _figure_scores(classifier, faces, rows, names)
     _save(
         out / "fig1a_attribute_faces.png",
-        _upscale(grid(list(denormalise(faces.flatten(0, 1)).numpy()), columns=faces.shape[1])),
+        _upscale(grid(list(denormalise(faces.flatten(0, 1)).cpu().numpy()), columns=faces.shape[1])),
     )
     _save(
         out / "fig1b_latent_pca.png",
-        _latent_pca(means.numpy(), labels[:, names.index("Male")] if "Male" in names else labels[:, 0]),
+        _latent_pca(means, labels[:, names.index("Male")] if "Male" in names else labels[:, 0]),
     )
-    _save(out / "fig2_edit.png", _edit_pipeline(model, x[:6], names))
+    x = normalise(torch.from_numpy(np.array(split.images[: min(n, 6)])).to(device))
+    _save(out / "fig2_edit.png", _upscale(grid(list(edit_pipeline(model, x, names)), columns=4)))
     (out / "metrics.json").write_text(
         json.dumps({"units": UNITS, "convention": CONVENTION} | metrics, indent=2, ensure_ascii=False) + "\n"
     )
@@ -106,11 +113,27 @@ def figure_rows(prior: AttributePrior, names: list[str]) -> list[tuple[str, np.n
 
 
 @torch.inference_mode()
-def _attribute_faces(model: JMVAE, w: np.ndarray, seed: int, n_random: int = 6) -> torch.Tensor:
-    """Figure 1(a)'s faces, (rows, 1 + n_random, 3, S, S) in [0, 1]: per attribute vector the average face (mean of
-    q(z|w)), then random faces z = z_mean + σ ⊙ ε."""
-    q = model.q_attributes(torch.from_numpy(w))
-    eps = torch.randn((n_random, *q.mean.shape), generator=torch.Generator().manual_seed(seed))
+def image_codes(model: JMVAE, split: FaceArrays, n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The means of q(z|x) (n, D) and the logits of p(w|z) at them (n, A) for the first n examples, batch by batch
+    on the model's device, each batch read back to the host once."""
+    device = next(model.parameters()).device
+    means, logits = [], []
+    for start in range(0, n, batch_size):
+        x = normalise(torch.from_numpy(np.array(split.images[start : min(start + batch_size, n)])).to(device))
+        mean = model.q_image(x).mean
+        both = torch.cat([mean, model.decode_attributes(mean)], dim=1).float().cpu().numpy()
+        means.append(both[:, : mean.shape[1]])
+        logits.append(both[:, mean.shape[1] :])
+    return np.concatenate(means), np.concatenate(logits)
+
+
+@torch.inference_mode()
+def attribute_faces(model: JMVAE, w: np.ndarray, seed: int, n_random: int = 6) -> torch.Tensor:
+    """Figure 1(a)'s faces, (rows, 1 + n_random, 3, S, S) in [0, 1] on the model's device: per attribute vector the
+    average face (mean of q(z|w)), then random faces z = z_mean + σ ⊙ ε (ε drawn on the CPU, so that the figure
+    is the same on every device)."""
+    q = model.q_attributes(torch.from_numpy(w).to(next(model.parameters()).device))
+    eps = torch.randn((n_random, *q.mean.shape), generator=torch.Generator().manual_seed(seed)).to(q.mean.device)
     z = torch.cat([q.mean[None], q.mean[None] + q.std[None] * eps]).transpose(0, 1)  # (rows, 1 + n_random, D)
     return model.decode_image(z)
 
@@ -122,7 +145,7 @@ def _figure_scores(
     """Does each row of Figure 1(a) show its attribute? The classifier's probability of A on the row's average face
     and on the typical face, and the share of the row's random faces it reads as having A (faces quantised to
     uint8, as the service sends them)."""
-    probabilities = torch.sigmoid(classifier.logits(normalise(denormalise(faces.flatten(0, 1))))).numpy()
+    probabilities = torch.sigmoid(classifier.logits(normalise(denormalise(faces.flatten(0, 1))))).cpu().numpy()
     probabilities = probabilities.reshape(*faces.shape[:2], -1)
     scores = {}
     for row, (name, _) in enumerate(rows[1:], start=1):
@@ -134,23 +157,19 @@ def _figure_scores(
 
 
 @torch.inference_mode()
-def _edit_pipeline(model: JMVAE, x: torch.Tensor, names: list[str]) -> np.ndarray:
-    """Figure 2: per row the input x, x_mean (its predicted attributes), x′_mean (Smiling toggled) and
-    x′ = x + x′_mean − x_mean, by the service's own arithmetic (jmvae.model.editing)."""
-    w = read_attributes(torch.sigmoid(model.decode_attributes(model.q_image(x).mean)).numpy())
+def edit_pipeline(model: JMVAE, x: torch.Tensor, names: list[str]) -> np.ndarray:
+    """Figure 2's tiles, uint8 (4N, S, S, 3): per row the input x (on the model's device), x_mean (its predicted
+    attributes), x′_mean (Smiling toggled) and x′ = x + x′_mean − x_mean, by the service's own arithmetic
+    (jmvae.model.editing)."""
+    w = read_attributes(torch.sigmoid(model.decode_attributes(model.q_image(x).mean)).cpu().numpy())
     w_prime = w.copy()
     column = names.index("Smiling") if "Smiling" in names else 0
     w_prime[:, column] = -2.0 * w[:, column]
-    faces = [
-        denormalise(t).numpy()
-        for t in (
-            x,
-            model.decode_image(model.q_attributes(torch.from_numpy(w)).mean),
-            model.decode_image(model.q_attributes(torch.from_numpy(w_prime)).mean),
-        )
-    ]
-    tiles = np.stack([*faces, edit_face(*faces)], axis=1).reshape(-1, *faces[0].shape[1:])
-    return _upscale(grid(list(tiles), columns=4))
+    both = model.q_attributes(torch.from_numpy(np.concatenate([w, w_prime])).to(x.device)).mean
+    # x, x_mean and x′_mean read back to the host at once: (3, N, S, S, 3)
+    faces = denormalise(torch.cat([x, model.decode_image(both)])).cpu().numpy().reshape(3, len(x), *x.shape[2:], 3)
+    tiles = np.stack([*faces, edit_face(*faces)], axis=1)  # (N, 4, S, S, 3)
+    return tiles.reshape(-1, *tiles.shape[2:])
 
 
 def _latent_pca(means: np.ndarray, colour: np.ndarray, size: int = 480) -> np.ndarray:

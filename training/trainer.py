@@ -28,6 +28,7 @@ from jmvae.model.checkpoint import (
     save_checkpoint,
 )
 from jmvae.model.gan import Discriminator, discriminator_loss, generator_terms
+from jmvae.model.jmvae import TERM_NAMES
 from jmvae.model.preprocess import normalise
 
 from .augment import augment
@@ -83,6 +84,17 @@ def _optimizer_to_checkpoint(
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
+# How a param group's update is computed, not what it computes: the running optimiser's own, whatever the
+# checkpoint's optimiser used (a checkpoint of the per-parameter loop resumes with the fused kernel).
+_IMPLEMENTATION = ("foreach", "fused", "capturable", "differentiable")
+
+
+def adam(parameters: Iterator[torch.nn.Parameter], lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam as one fused kernel over all parameters (CPU and CUDA) instead of a Python loop of elementwise ops per
+    parameter, the optimiser's share of a step in the profile of docs/benchmarks.md."""
+    return torch.optim.Adam(parameters, lr=lr, betas=betas, fused=True)
+
+
 def _optimizer_from_checkpoint(
     optimizer: torch.optim.Optimizer,
     tensors: dict[str, torch.Tensor],
@@ -97,7 +109,18 @@ def _optimizer_from_checkpoint(
         state.setdefault(int(index), {})[key] = value
     for index, entries in saved["scalars"].items():
         state.setdefault(int(index), {}).update(entries)
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    groups = [
+        group | {key: live[key] for key in _IMPLEMENTATION if key in live}
+        for group, live in zip(saved["param_groups"], optimizer.param_groups, strict=True)
+    ]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    # Checkpoints hold tensors in the default layout, and the weights are channels-last. The fused and foreach
+    # kernels pair a parameter with its moments element by element in memory order, so each moment takes its
+    # parameter's strides again, or a resumed run would update the wrong entries.
+    for parameter, entries in optimizer.state.items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.shape == parameter.shape:
+                entries[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
 class _StopFlag:
@@ -121,6 +144,33 @@ def _stop_on_signals() -> Iterator[_StopFlag]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+class _Window:
+    """The logged terms of the steps since the last log point, summed on the device, and the wall time since."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        """Per-step means by metric name: one read back to the host, which waits for every queued step."""
+        names = list(TERM_NAMES) + [name for name in self.sums if name != "terms"]
+        parts = [self.sums["terms"]] + [self.sums[name].reshape(1) for name in names[len(TERM_NAMES) :]]
+        return {name: value / self.steps for name, value in zip(names, torch.cat(parts).tolist(), strict=True)}
+
+    def seconds(self) -> float:
+        """Since the window began; after means(), so that it counts the device's work, not only its queueing."""
+        return time.perf_counter() - self.started
 
 
 class Trainer:
@@ -159,19 +209,16 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         # channels_last: the layout oneDNN's and cuDNN's fastest convolutions use, so they skip reordering every
-        # activation. (Not with fused Adam: it would pair these weights with moments restored in the default layout
-        # element by element in memory order, so a resumed run would update the wrong entries.)
+        # activation (restored Adam moments take the same layout: _optimizer_from_checkpoint).
         self.model = create_model(config.model).to(device, memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=config.adam_betas)
+        self.optimizer = adam(self.model.parameters(), config.lr, config.adam_betas)
         self.discriminator: Discriminator | None = None
         if config.gan is not None:
             # The adversarial pass reaches the decoder outside DDP's forward, which DDP cannot reduce correctly.
             if self.ctx.enabled:
                 raise ValueError("--gan trains in one process; run it without torchrun")
             self.discriminator = Discriminator(config.model).to(device)
-            self.d_optimizer = torch.optim.Adam(
-                self.discriminator.parameters(), lr=config.gan.lr, betas=config.gan.adam_betas
-            )
+            self.d_optimizer = adam(self.discriminator.parameters(), config.gan.lr, config.gan.adam_betas)
         self.epoch = 0  # completed epochs
         self.step = 0  # optimiser steps taken
         self.metrics: dict[str, float] = {}
@@ -281,7 +328,11 @@ class Trainer:
         return final
 
     def _train_epoch(self, model: torch.nn.Module, stop: _StopFlag) -> bool:
-        """Runs the rest of the current epoch; True when a signal stopped it (after a whole step)."""
+        """Runs the rest of the current epoch; True when a signal stopped it (after a whole step).
+
+        Nothing is read back from the device between log points (each read is a GPU sync that stalls the queue of
+        kernels): the loss terms are summed there, and the finiteness check, the progress bar and, under torchrun,
+        the stop flag's all-reduce wait for the next log point."""
         config, ctx = self.config, self.ctx
         # The epoch's order depends only on (seed, epoch): every rank agrees, and a resumed run repeats it.
         order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(config.seed + self.epoch))
@@ -299,74 +350,81 @@ class Trainer:
             dynamic_ncols=True,
             leave=False,
         )
-        window: dict[str, float] = {}
-        window_steps, window_start = 0, time.perf_counter()
+        window = _Window()
         for index in range(first, self.steps_per_epoch):
             batch = order[index * config.batch_size : (index + 1) * config.batch_size]
             batch = batch[ctx.rank * self.local_batch : (ctx.rank + 1) * self.local_batch]
-            x = normalise(self.images[batch]).contiguous(memory_format=torch.channels_last)
-            w = self.attributes[batch]
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(config, self.step, self.total_steps)
             beta = kl_weight(config, self.step, self.steps_per_epoch)
-            generator.manual_seed(step_seed(config.seed, ctx.rank, self.step))
-            if config.hflip or config.shift or config.jitter_scale or config.jitter_shift:
-                x = augment(x, generator, config.hflip, config.shift, config.jitter_scale, config.jitter_shift)
-            autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
-            with autocast:
-                terms = model(x, w, alpha=config.alpha, beta=beta, generator=generator)
-                adversarial = (
-                    generator_terms(self.model, self.discriminator, w, generator)
-                    if self.discriminator is not None
-                    else None
-                )
-            loss = terms.loss
-            if adversarial is not None and config.gan is not None:
-                loss = loss + config.gan.weight * adversarial.generator_loss
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            values = terms.as_floats()
-            if adversarial is not None:
-                values |= {
-                    "g_adv": float(adversarial.generator_loss.detach()),
-                    **self._discriminator_step(x, adversarial.fakes.detach(), autocast),
-                }
+            window.add(self._train_step(model, batch, beta, generator))
             self.step += 1
-            if not math.isfinite(values["loss"]):
-                raise FloatingPointError(f"loss became {values['loss']} at step {self.step}; lower --lr?")
-            for name, value in values.items():
-                window[name] = window.get(name, 0.0) + value
-            window_steps += 1
-            bar.update(1)
-            if window_steps == config.log_every or index == self.steps_per_epoch - 1:
-                elapsed = time.perf_counter() - window_start
-                record = {name: value / window_steps for name, value in window.items()}
+            at_log_point = len(window) == config.log_every or index == self.steps_per_epoch - 1
+            if at_log_point:
+                record = window.means()  # the one read back to the host since the last log point
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError(
+                        f"loss became {record['loss']} within steps {self.step - len(window) + 1}-{self.step}; "
+                        "lower --lr?"
+                    )
                 record |= {
                     "beta": beta,
                     "lr": learning_rate(config, self.step - 1, self.total_steps),
-                    "images_per_s": window_steps * config.batch_size / elapsed,
+                    "images_per_s": len(window) * config.batch_size / window.seconds(),
                     "processes": ctx.world_size,
                 }
+                bar.update(len(window))
                 bar.set_postfix(
                     {k: f"{record[k]:.4g}" for k in ("loss", "log_px", "log_pw", "kl_prior", "images_per_s")}
                 )
                 self._log({"kind": "train", "epoch": self.epoch + 1, "step": self.step} | record)
-                window, window_steps, window_start = {}, 0, time.perf_counter()
-            if any_rank(stop.signum is not None, ctx, self.device):
+                window = _Window()
+            # One process reads its own flag at every step for free; ranks must agree, at the cost of an all-reduce.
+            if (at_log_point or not ctx.enabled) and any_rank(stop.signum is not None, ctx, self.device):
                 bar.close()
                 return True
         bar.close()
         return False
 
-    def _discriminator_step(self, real: torch.Tensor, fakes: torch.Tensor, autocast: Any) -> dict[str, float]:
+    def _train_step(
+        self, model: torch.nn.Module, batch: torch.Tensor, beta: float, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """One optimiser step (and the discriminator's, with --gan) on the examples `batch` indexes; returns the
+        step's logged terms as detached tensors on the device."""
+        config = self.config
+        x = normalise(self.images[batch]).contiguous(memory_format=torch.channels_last)
+        w = self.attributes[batch]
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(config, self.step, self.total_steps)
+        generator.manual_seed(step_seed(config.seed, self.ctx.rank, self.step))
+        if config.hflip or config.shift or config.jitter_scale or config.jitter_shift:
+            x = augment(x, generator, config.hflip, config.shift, config.jitter_scale, config.jitter_shift)
+        autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
+        with autocast:
+            terms = model(x, w, alpha=config.alpha, beta=beta, generator=generator)
+            adversarial = (
+                generator_terms(self.model, self.discriminator, w, generator)
+                if self.discriminator is not None
+                else None
+            )
+        loss = terms.loss
+        if adversarial is not None and config.gan is not None:
+            loss = loss + config.gan.weight * adversarial.generator_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        values = {"terms": terms.as_tensor()}
+        if adversarial is not None:
+            values |= {"g_adv": adversarial.generator_loss.detach().float()}
+            values |= self._discriminator_step(x, adversarial.fakes.detach(), autocast)
+        return values
+
+    def _discriminator_step(self, real: torch.Tensor, fakes: torch.Tensor, autocast: Any) -> dict[str, torch.Tensor]:
         assert self.discriminator is not None
         with autocast:
             loss, logs = discriminator_loss(self.discriminator, real, fakes)
         self.d_optimizer.zero_grad(set_to_none=True)  # also drops what the decoder's adversarial loss left here
         loss.backward()
         self.d_optimizer.step()
-        return logs
+        return {name: value.float() for name, value in logs.items()}
 
     def _validate(self) -> None:
         val = self.dataset.split("val")

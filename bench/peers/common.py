@@ -36,6 +36,7 @@ class Pipeline:
         self.settings = settings or Settings()
         # The Engine's batchers and executor stay unused: the servers batch, and call its batch paths directly.
         self.engine = Engine.load(self.settings, ServiceMetrics())
+        self.engine.capture()  # on CUDA, the graphs `jmvae serve` captures while it warms up
         self.core = Core(self.engine, self.settings)
         self.names = self.engine.attribute_names
 
