@@ -77,4 +77,4 @@ else
     echo "needs a working Docker engine, or podman (apt-get install podman mmdebstrap)" >&2
     exit 1
 fi
-echo "built $tag: $(awk -v b="$size" 'BEGIN { printf "%.2f GB (%d bytes)", b / 1e9, b }')"
+echo "built $tag: $(awk -v b="$size" 'BEGIN { printf "%.2f GB (%.0f bytes)", b / 1e9, b }')"
