@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -13,7 +15,12 @@ from jmvae.model.preprocess import denormalise, normalise
 from .data import FaceArrays
 
 
-@torch.inference_mode()
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]  # what `evaluate` returns
+    bounds: dict[str, np.ndarray]  # each importance-weighted bound of `metrics` per example, (n,), in nats
+
+
 def evaluate(
     model: Model,
     split: FaceArrays,
@@ -25,6 +32,22 @@ def evaluate(
     batch_size: int = 250,
     seed: int = 0,
 ) -> dict[str, float]:
+    """evaluate_examples' means alone."""
+    return evaluate_examples(model, split, train_prevalence, alpha, k, n_w, max_examples, batch_size, seed).metrics
+
+
+@torch.inference_mode()
+def evaluate_examples(
+    model: Model,
+    split: FaceArrays,
+    train_prevalence: np.ndarray,
+    alpha: float,
+    k: int = 10,
+    n_w: int = 10,
+    max_examples: int = 1000,
+    batch_size: int = 250,
+    seed: int = 0,
+) -> Evaluation:
     """Means over the first `max_examples` of `split` (nats; sums over all pixel values and attributes), named as
     in training/metrics.py's METRICS.
 
@@ -34,6 +57,7 @@ def evaluate(
     p(w|z) at the mean of q(z|x), for both ways of inferring from the image alone (the AUC over attributes with
     both classes present), and attr_*_served for the service's answer (JMVAE.attribute_probabilities: q(z|x) over
     six views of the face); attr_acc_majority predicts each attribute's majority class in training.
+    The bounds are also kept per example, for their spread over the examples (jmvae eval --out's Table 1).
     """
     was_training = model.training
     model.eval()
@@ -42,6 +66,7 @@ def evaluate(
     n = min(len(split), max_examples)
     sums: dict[str, float] = {}
     scores: dict[str, list[np.ndarray]] = {}
+    bounds: dict[str, list[torch.Tensor]] = {}
     majority = torch.from_numpy(train_prevalence >= 0.5).to(device)
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
@@ -49,22 +74,25 @@ def evaluate(
         w = torch.from_numpy(split.attributes[rows]).to(device).float()
         terms = model(x, w, alpha=alpha, beta=1.0, generator=generator).as_floats()
         batch = {name: value for name, value in terms.items() if name != "loss"}
+        estimates: dict[str, torch.Tensor] = {}
         if isinstance(model, VAE):
-            batch["log_px_single"] = float(vae_log_px(model, x, k=k, generator=generator).mean())
+            estimates["log_px_single"] = vae_log_px(model, x, k=k, generator=generator)
         elif isinstance(model, CVAE):
-            batch["log_px_given_w"] = float(cvae_log_px_given_w(model, x, w, k=k, generator=generator).mean())
+            estimates["log_px_given_w"] = cvae_log_px_given_w(model, x, w, k=k, generator=generator)
         predictions: dict[str, torch.Tensor] = {}
         if isinstance(model, JMVAE):
-            bounds = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)
-            batch |= {
-                name: float(getattr(bounds, name).mean())
-                for name in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w")
+            found = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)
+            estimates = {
+                name: getattr(found, name) for name in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w")
             }
             predictions = {mode: model.decode_attributes(model.infer(x=x, mode=mode).mean) for mode in ("kl", "zero")}
             # What POST /attributes answers: the same q(z|x), averaged over views of the face.
             predictions["served"] = torch.logit(model.attribute_probabilities(x, mode="kl").double()).float()
         elif isinstance(model, AttributeClassifier):
             predictions = {"classifier": model.logits(x)}
+        for name, values in estimates.items():
+            batch[name] = float(values.mean())
+            bounds.setdefault(name, []).append(values.double().cpu())
         present = w > 0
         for source, logits in predictions.items():
             batch[f"attr_acc_{source}"] = float(((logits > 0) == present).float().mean())
@@ -75,13 +103,13 @@ def evaluate(
             sums[name] = sums.get(name, 0.0) + value * len(x)
     model.train(was_training)
     if not n:
-        return {}
+        return Evaluation({}, {})
     metrics = {name: total / n for name, total in sums.items()}
     labels = split.attributes[:n] > 0
     for mode, parts in scores.items():
         aucs = roc_auc(np.concatenate(parts), labels)
         metrics[f"attr_auc_{mode}"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
-    return metrics
+    return Evaluation(metrics, {name: torch.cat(parts).numpy() for name, parts in bounds.items()})
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
