@@ -52,11 +52,12 @@ def reproduce_config(out: Path, config_file: Path | None, overrides: dict[str, A
         config = load_config(config_file, overrides)
     if config.gan is not None:
         raise ValueError("reproduce trains the paper's Table 1 models, without the GAN term; drop [gan] from --config")
-    # The baselines take the networks and likelihood from model; its kind is set per model.
-    return config.model_copy(update={"model": config.model.model_copy(update={"kind": "jmvae"})})
+    # Every model takes its networks and likelihood from [model]; its kind is set per model.
+    return model_config(config, "jmvae")
 
 
 def model_config(config: TrainConfig, kind: str) -> TrainConfig:
+    """The configuration with model.kind = kind: what `jmvae train --config OUT/config.json --model kind` reads."""
     return config.model_copy(update={"model": config.model.model_copy(update={"kind": kind})})
 
 
