@@ -82,10 +82,11 @@ def test_the_work_of_a_batch_stays_on_the_models_device(tiny_model: JMVAE) -> No
     w = torch.ones(5, 40, device="meta")
     majority = torch.zeros(40, dtype=torch.bool, device="meta")
     with torch.inference_mode():
-        scalars, logits = batch_scores(model, x, w, 0.1, 2, 2, None, majority)
+        scalars, bounds, logits = batch_scores(model, x, w, 0.1, 2, 2, None, majority)
         faces = attribute_faces(model, np.zeros((3, 40), np.float32), seed=0, n_random=2)
     assert {"log_pxw", "attr_acc_kl", "attr_acc_served", "attr_acc_majority"} <= scalars.keys()
-    assert {t.device.type for t in [*scalars.values(), *logits.values(), faces]} == {"meta"}
+    assert bounds.keys() == {"log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w"}
+    assert {t.device.type for t in [*scalars.values(), *bounds.values(), *logits.values(), faces]} == {"meta"}
     assert faces.shape == (3, 3, 3, 16, 16)
     with pytest.raises(RuntimeError, match="device"):  # the detector works: a CPU tensor in a meta model's pass
         batch_scores(model, torch.rand(5, 3, 16, 16), w, 0.1, 2, 2, None, majority)

@@ -573,7 +573,8 @@ def test_eval_report_writes_every_key_and_figure(
     assert pixels("fig2_edit.png").shape[1] == 2 * (4 * 32 + 3 * 2)  # x, x_mean, x′_mean, x′
     report = (out / "report.md").read_text()
     assert "fig1a_attribute_faces.png" in report and "| attr_auc_kl |" in report and "| Eyeglasses |" in report
-    assert f"| VAE | {metrics['vae_log_px_single']:.1f} | — |" in report and "Coherence:" in report
+    vae = f"{metrics['vae_log_px_single']:.1f} ± {metrics['vae_log_px_single_se']:.1f}"
+    assert f"| VAE | {vae} | — |" in report and "Coherence:" in report
     named = re.findall(r"^\| (\S+) \| (?:-?[\d.]+(?:e[-+]?\d+)?|nan) \|$", report, re.MULTILINE)
     assert len(named) > 10 and not unknown(named)  # report.md's table of metrics, by the same names
     assert f"| Bald | {metrics['fig1a_typical_p/Bald']:.2f} | {metrics['fig1a_average_p/Bald']:.2f} |" in report

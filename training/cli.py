@@ -10,9 +10,6 @@ from typing import Any
 
 from jmvae.model.checkpoint import read_checkpoint
 
-# Fields that may differ between a run and its resumption: they change how, not what, is trained.
-RESUMABLE_OVERRIDES = {"epochs", "device", "precision", "compile", "progress", "cache_dir", "workers", "log_every"}
-
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     pairs = {
@@ -39,7 +36,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from jmvae.model.device import resolve_device
 
-    from .config import CONFIG_FILE, TrainConfig, load_config
+    from .config import load_config, resumed_config
     from .distributed import init_distributed, shutdown_distributed
     from .sources import load_dataset
     from .trainer import Trainer, TrainingInterrupted
@@ -49,15 +46,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config:
             raise ValueError("--resume reads RUN_DIR/config.json; --config cannot be given with it")
-        saved = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
-        config = load_config(run_dir / CONFIG_FILE, overrides)
-        changed = sorted(
-            k
-            for k in TrainConfig.model_fields
-            if k not in RESUMABLE_OVERRIDES and getattr(config, k) != getattr(saved, k)
-        )
-        if changed:
-            raise ValueError(f"cannot change {', '.join(changed)} when resuming {run_dir}")
+        config = resumed_config(run_dir, overrides)
     else:
         if (run_dir / "last.safetensors").exists():
             raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
@@ -85,10 +74,11 @@ def _eval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from jmvae.model.checkpoint import load_model
+    from jmvae.model.comparison import Setup, mismatches
     from jmvae.model.device import resolve_device
     from jmvae.model.jmvae import JMVAE
 
-    from .config import SyntheticConfig, TrainConfig
+    from .config import TrainConfig, evaluation_config
     from .evaluate import evaluate
     from .metrics import CONVENTION, UNITS
     from .report import write_report
@@ -101,20 +91,14 @@ def _eval(args: argparse.Namespace) -> int:
     # as the service crops uploads), unless --crop asks for the other crop.
     preprocessing = meta.preprocessing.model_copy(update={"crop": args.crop or meta.preprocessing.crop})
     crop = {"crop": "none (synthetic faces are drawn framed)" if args.data == "synthetic" else preprocessing.crop}
-    config = saved.model_copy(
-        update={
-            "data": args.data,
-            "progress": not args.no_progress,
-            "preprocessing": preprocessing,
-            "cache_dir": args.cache_dir or saved.cache_dir,
-            "synthetic": SyntheticConfig(n_train=1, n_val=args.max_examples, n_test=args.max_examples, seed=args.seed),
-        }
+    config = evaluation_config(
+        saved, args.data, preprocessing, args.max_examples, args.seed, args.cache_dir, not args.no_progress
     )
     dataset = load_dataset(config)
     if args.out is not None:
         if not isinstance(model, JMVAE):
             raise ValueError("--out writes the JMVAE report and figures; baselines print their metrics only")
-        extras = {}
+        extras, mismatched = {}, {}
         for flag, kind in (("classifier", "classifier"), ("vae", "vae"), ("cvae", "cvae")):
             path = getattr(args, flag)
             if path is not None:
@@ -124,6 +108,15 @@ def _eval(args: argparse.Namespace) -> int:
                         f"--{flag} {path}: a {extra_meta.model.kind} at {extra_meta.model.image_size} px, "
                         f"expected a {kind} at {meta.model.image_size} px"
                     )
+                # The classifier only judges generated faces; a baseline's bounds must be in the checkpoint's terms.
+                differences = mismatches(Setup.of(meta), Setup.of(extra_meta)) if kind != "classifier" else []
+                if differences and not args.allow_mismatch:
+                    raise ValueError(
+                        f"--{flag} {path} is not like with like with {args.checkpoint}: {'; '.join(differences)} "
+                        "(--allow-mismatch evaluates it anyway, its row marked)"
+                    )
+                if differences:
+                    mismatched[kind] = "; ".join(differences)
         report = write_report(
             model,
             meta,
@@ -136,10 +129,14 @@ def _eval(args: argparse.Namespace) -> int:
             classifier=extras.get("classifier"),
             baselines=tuple(extras[b] for b in ("vae", "cvae") if b in extras),
             crop=crop["crop"],
+            mismatched=mismatched,
         )
         print(
             json.dumps(
-                {"out": str(args.out)} | crop | {k: v for k, v in report.items() if "/" not in k},
+                {"out": str(args.out)}
+                | crop
+                | ({"mismatches": mismatched} if mismatched else {})
+                | {k: v for k, v in report.items() if "/" not in k},
                 indent=2,
                 ensure_ascii=False,
             )
@@ -170,6 +167,49 @@ def _eval(args: argparse.Namespace) -> int:
             ensure_ascii=False,
         )
     )
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .reproduce import reproduce, reproduce_config
+    from .trainer import TrainingInterrupted
+
+    overrides = {
+        k: v
+        for k, v in {
+            "data": args.data,
+            "epochs": args.epochs,
+            "device": args.device,
+            "cache_dir": args.cache_dir,
+            "progress": False if args.no_progress else None,
+        }.items()
+        if v is not None
+    }
+    config = reproduce_config(args.out, args.config, overrides, args.resume)
+    flags = {"--config": args.config, "--epochs": args.epochs, "--device": args.device, "--cache-dir": args.cache_dir}
+    command = ["jmvae", "reproduce", "--data", args.data, "--out", str(args.out)]
+    command += [a for flag, value in flags.items() if value is not None for a in (flag, str(value))]
+    command += [
+        a
+        for flag, value in (
+            ("--k", args.k),
+            ("--nw", args.nw),
+            ("--max-examples", args.max_examples),
+            ("--seed", args.seed),
+        )
+        for a in (flag, str(value))
+    ]
+    command += [flag for flag, on in (("--no-progress", args.no_progress), ("--resume", args.resume)) if on]
+    try:
+        report = reproduce(
+            config, args.out, shlex.join(command), k=args.k, n_w=args.nw, max_examples=args.max_examples, seed=args.seed
+        )
+    except TrainingInterrupted as e:
+        print(f"jmvae reproduce: {e}", file=sys.stderr)
+        return 128 + e.signum
+    print(json.dumps({"out": str(args.out)} | {k: v for k, v in report.items() if "/" not in k}, indent=2))
     return 0
 
 
@@ -250,7 +290,34 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     evaluation.add_argument("--vae", type=Path, help="with --out: a VAE baseline for Table 1")
     evaluation.add_argument("--cvae", type=Path, help="with --out: a CVAE baseline for Table 1")
+    evaluation.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="evaluate a baseline whose networks, likelihood, preprocessing or training data differ from the "
+        "checkpoint's, its Table 1 row marked, instead of refusing it",
+    )
     evaluation.set_defaults(func=_eval)
+
+    repro = commands.add_parser(
+        "reproduce",
+        help="train JMVAE-kl, the VAE and CVAE baselines and the coherence classifier with one configuration, "
+        "then evaluate them together into OUT/report.md",
+    )
+    repro.add_argument("--data", required=True, help="CelebA root or 'synthetic'")
+    repro.add_argument("--out", type=Path, required=True, metavar="OUT")
+    repro.add_argument("--config", type=Path, help="TOML or JSON file of TrainConfig fields, for all four models")
+    repro.add_argument("--epochs", type=int, help="epochs of each model (raise it on --resume to train on)")
+    repro.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    repro.add_argument("--cache-dir", type=Path)
+    repro.add_argument("--k", type=int, default=10, help="importance samples of the bounds")
+    repro.add_argument("--nw", type=int, default=10, help="prior samples for log p(w)")
+    repro.add_argument("--max-examples", type=int, default=1000, help="examples of the evaluated split")
+    repro.add_argument("--seed", type=int, default=0, help="seed of the evaluation (training's is in the config)")
+    repro.add_argument("--no-progress", action="store_true")
+    repro.add_argument(
+        "--resume", action="store_true", help="continue OUT: skip finished models, resume the interrupted one"
+    )
+    repro.set_defaults(func=_reproduce)
 
     info = commands.add_parser("info", help="validate a checkpoint and print its metadata")
     info.add_argument("checkpoint", type=Path)

@@ -14,6 +14,9 @@ from jmvae.model.preprocess import Preprocessing
 
 CONFIG_FILE = "config.json"
 
+# Fields that may differ between a run and its resumption: they change how, not what, is trained.
+RESUMABLE_OVERRIDES = {"epochs", "device", "precision", "compile", "progress", "cache_dir", "workers", "log_every"}
+
 
 class SyntheticConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -127,3 +130,38 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     """Defaults, then the file, then the overrides (nested dicts merge key by key)."""
     values = read_config_file(path) if path else {}
     return TrainConfig.model_validate(_deep_merge(values, overrides or {}))
+
+
+def resumed_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """RUN_DIR/config.json with `overrides`, which may change only RESUMABLE_OVERRIDES; a ValueError names the
+    other fields they would change."""
+    saved = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
+    config = load_config(run_dir / CONFIG_FILE, overrides)
+    changed = sorted(
+        k for k in TrainConfig.model_fields if k not in RESUMABLE_OVERRIDES and getattr(config, k) != getattr(saved, k)
+    )
+    if changed:
+        raise ValueError(f"cannot change {', '.join(changed)} when resuming {run_dir}")
+    return config
+
+
+def evaluation_config(
+    saved: TrainConfig,
+    data: str,
+    preprocessing: Preprocessing,
+    max_examples: int,
+    seed: int,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> TrainConfig:
+    """What `jmvae eval` loads the data of a checkpoint trained with `saved` by: `data` cropped by `preprocessing`,
+    or synthetic faces drawn afresh from `seed`, `max_examples` in each of val and test."""
+    return saved.model_copy(
+        update={
+            "data": data,
+            "progress": progress,
+            "preprocessing": preprocessing,
+            "cache_dir": cache_dir or saved.cache_dir,
+            "synthetic": SyntheticConfig(n_train=1, n_val=max_examples, n_test=max_examples, seed=seed),
+        }
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -13,7 +15,12 @@ from jmvae.model.preprocess import denormalise, normalise
 from .data import FaceArrays
 
 
-@torch.inference_mode()
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]  # what `evaluate` returns
+    bounds: dict[str, np.ndarray]  # each importance-weighted bound of `metrics` per example, (n,), in nats
+
+
 def evaluate(
     model: Model,
     split: FaceArrays,
@@ -25,6 +32,22 @@ def evaluate(
     batch_size: int = 250,
     seed: int = 0,
 ) -> dict[str, float]:
+    """evaluate_examples' means alone."""
+    return evaluate_examples(model, split, train_prevalence, alpha, k, n_w, max_examples, batch_size, seed).metrics
+
+
+@torch.inference_mode()
+def evaluate_examples(
+    model: Model,
+    split: FaceArrays,
+    train_prevalence: np.ndarray,
+    alpha: float,
+    k: int = 10,
+    n_w: int = 10,
+    max_examples: int = 1000,
+    batch_size: int = 250,
+    seed: int = 0,
+) -> Evaluation:
     """Means over the first `max_examples` of `split` (nats; sums over all pixel values and attributes), named as
     in training/metrics.py's METRICS.
 
@@ -34,6 +57,7 @@ def evaluate(
     p(w|z) at the mean of q(z|x), for both ways of inferring from the image alone (the AUC over attributes with
     both classes present), and attr_*_served for the service's answer (JMVAE.attribute_probabilities: q(z|x) over
     six views of the face); attr_acc_majority predicts each attribute's majority class in training.
+    The bounds are also kept per example, for their spread over the examples (jmvae eval --out's Table 1).
     """
     was_training = model.training
     model.eval()
@@ -42,12 +66,15 @@ def evaluate(
     n = min(len(split), max_examples)
     sums: dict[str, torch.Tensor] = {}  # on the device, weighted by batch size
     scores: dict[str, list[np.ndarray]] = {}
+    bounds: dict[str, list[torch.Tensor]] = {}
     majority = torch.from_numpy(train_prevalence >= 0.5).to(device)
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
         x = normalise(torch.from_numpy(np.array(split.images[rows])).to(device))  # a copy: the cache is read-only
         w = torch.from_numpy(split.attributes[rows]).to(device).float()
-        batch, predictions = batch_scores(model, x, w, alpha, k, n_w, generator, majority)
+        batch, estimates, predictions = batch_scores(model, x, w, alpha, k, n_w, generator, majority)
+        for name, values in estimates.items():  # per example, for the spread over the examples
+            bounds.setdefault(name, []).append(values.double().cpu())
         for name, value in batch.items():
             sums[name] = sums[name] + value * len(x) if name in sums else value * len(x)
         if predictions:  # one read back to the host per batch: every source's logits at once
@@ -56,14 +83,14 @@ def evaluate(
                 scores.setdefault(source, []).append(part)
     model.train(was_training)
     if not n:
-        return {}
+        return Evaluation({}, {})
     names = list(sums)
     metrics = {name: total / n for name, total in zip(names, torch.stack(list(sums.values())).tolist())}
     labels = split.attributes[:n] > 0
     for mode, parts in scores.items():
         aucs = roc_auc(np.concatenate(parts), labels)
         metrics[f"attr_auc_{mode}"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
-    return metrics
+    return Evaluation(metrics, {name: torch.cat(parts).numpy() for name, parts in bounds.items()})
 
 
 def batch_scores(
@@ -75,20 +102,23 @@ def batch_scores(
     n_w: int,
     generator: torch.Generator | None,
     majority: torch.Tensor,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One batch of `evaluate`, all on the model's device: per-example means of the objective's terms, bounds and
-    accuracies as 0-dim float32 tensors, and each prediction source's attribute logits (B, A)."""
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One batch of `evaluate`, all on the model's device: means over the batch of the objective's terms, bounds
+    and accuracies as 0-dim float32 tensors, each importance-weighted bound per example (B,), and each prediction
+    source's attribute logits (B, A)."""
     terms = model(x, w, alpha=alpha, beta=1.0, generator=generator).as_tensor()
     batch = {name: value for name, value in zip(TERM_NAMES, terms, strict=True) if name != "loss"}
+    estimates: dict[str, torch.Tensor] = {}
     if isinstance(model, VAE):
-        batch["log_px_single"] = vae_log_px(model, x, k=k, generator=generator).mean()
+        estimates["log_px_single"] = vae_log_px(model, x, k=k, generator=generator)
     elif isinstance(model, CVAE):
-        batch["log_px_given_w"] = cvae_log_px_given_w(model, x, w, k=k, generator=generator).mean()
+        estimates["log_px_given_w"] = cvae_log_px_given_w(model, x, w, k=k, generator=generator)
     predictions: dict[str, torch.Tensor] = {}
     if isinstance(model, JMVAE):
-        bounds = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)
-        for name in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w"):
-            batch[name] = getattr(bounds, name).mean()
+        found = importance_weighted_bounds(model, x, w, k=k, n_w=n_w, generator=generator)
+        estimates = {
+            name: getattr(found, name) for name in ("log_px_multiple", "log_px_single", "log_pxw", "log_px_given_w")
+        }
         predictions = {mode: model.decode_attributes(model.infer(x=x, mode=mode).mean) for mode in ("kl", "zero")}
         # What POST /attributes answers: the same q(z|x), averaged over views of the face.
         predictions["served"] = torch.logit(model.attribute_probabilities(x, mode="kl").double()).float()
@@ -99,7 +129,8 @@ def batch_scores(
         batch[f"attr_acc_{source}"] = ((logits > 0) == present).float().mean()
     if predictions:
         batch["attr_acc_majority"] = (majority == present).float().mean()
-    return {name: value.float() for name, value in batch.items()}, predictions
+    batch |= {name: values.mean() for name, values in estimates.items()}
+    return {name: value.float() for name, value in batch.items()}, estimates, predictions
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:

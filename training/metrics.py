@@ -63,6 +63,26 @@ METRICS: dict[str, str] = {
     "fig1a_typical_p" + PER_ATTRIBUTE: "the classifier's probability of the attribute on Figure 1(a)'s typical face",
     "fig1a_average_p" + PER_ATTRIBUTE: "the classifier's probability of the attribute on its row's average face",
     "fig1a_random_share" + PER_ATTRIBUTE: "the share of its row's random faces the classifier reads as having it",
+    # `jmvae eval --out` with the baselines: how far to trust a difference in Table 1.
+    **{
+        f"{bound}_se": f"standard error of {bound} over the examples (`jmvae eval --out`)"
+        for bound in (
+            "log_px_multiple",
+            "log_px_single",
+            "log_pxw",
+            "log_px_given_w",
+            "vae_log_px_single",
+            "cvae_log_px_given_w",
+        )
+    },
+    "log_px_multiple_minus_vae": "log_px_multiple minus the `--vae` baseline's log p(x), mean of the per-example "
+    "differences on the same examples",
+    "log_px_single_minus_vae": "log_px_single minus the `--vae` baseline's log p(x), the same way",
+    "log_px_given_w_minus_cvae": "log_px_given_w minus the `--cvae` baseline's log p(x|w), the same way",
+    **{
+        f"{lead}_se": f"standard error of {lead} over the examples"
+        for lead in ("log_px_multiple_minus_vae", "log_px_single_minus_vae", "log_px_given_w_minus_cvae")
+    },
     # Train records only.
     "images_per_s": "training images per second over the record's steps, all processes together",
     "g_adv": "`--gan`: the decoder's adversarial loss −log D(fake), before its weight",
@@ -90,6 +110,8 @@ FIELDS: dict[str, str] = {
     "n_w": "prior samples for log p(w)",
     "units": "the units of the log-likelihoods",
     "convention": "what the log-likelihoods sum over",
+    "mismatches": "metrics.json: each baseline evaluated with `--allow-mismatch` although it differs from the "
+    "checkpoint, and how",
 }
 
 

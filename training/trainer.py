@@ -6,7 +6,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
@@ -292,8 +292,9 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     # The loop --------------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> Path:
-        """Train to config.epochs; returns the final checkpoint. Raises TrainingInterrupted after a signal."""
+    def fit(self, resume: bool = False, on_epoch: Callable[[Trainer], None] | None = None) -> Path:
+        """Train to config.epochs; returns the final checkpoint. Raises TrainingInterrupted after a signal.
+        `on_epoch` is called after each epoch's checkpoint is saved (jmvae reproduce's progress)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.restore()
@@ -321,6 +322,8 @@ class Trainer:
                 if self.ctx.is_main:
                     self.save(LAST, with_state=True)
                 barrier(self.ctx)
+                if on_epoch is not None:
+                    on_epoch(self)
         final = self.run_dir / FINAL
         if self.ctx.is_main:
             self.save(FINAL, with_state=False)
