@@ -32,12 +32,30 @@ def admission_limit(max_queue: int, max_batch_size: int) -> int:
 
 
 class _PathLoad:
-    def __init__(self) -> None:
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
         self.in_flight = 0
         self.answered: deque[float] = deque()  # time.monotonic() of the answers within RATE_WINDOW_S
+        self.crowded_since: float | None = None  # since when more than a batch has been in flight, without a break
+
+    def enter(self, now: float) -> None:
+        self.in_flight += 1
+        if self.in_flight > self.batch_size and self.crowded_since is None:
+            self.crowded_since = now
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= self.batch_size:
+            self.crowded_since = None
 
     def expected_wait(self, now: float) -> float | None:
-        """Little's law: the time a new request spends in here is those in flight over the rate they leave at."""
+        """Little's law: the time a new request spends in here is those in flight over the rate they leave at.
+
+        Only once the path has had a queue for a whole window: then the answers in it came as fast as the model
+        can go, and measure its capacity. After a quiet spell they measure the quiet: a burst would be refused at a
+        rate it was never limited to."""
+        if self.crowded_since is None or now - self.crowded_since < RATE_WINDOW_S:
+            return None
         while self.answered and self.answered[0] < now - RATE_WINDOW_S:
             self.answered.popleft()
         if not self.answered:
@@ -47,9 +65,9 @@ class _PathLoad:
 
 class Admission:
     """Refuses a model request with a 503 and Retry-After when `limit` requests of its path are in flight in this
-    worker (`overloaded`), or when more than a batch is and, at the rate the path answers now, the new one would
-    wait past its deadline (`deadline_exceeded`: it would be refused in the queue anyway, after costing the loop
-    its body). `on_refused(code, path)` counts them."""
+    worker (`overloaded`), or when more than a batch has been for a while and, at the rate the path answers
+    meanwhile, the new one would wait past its deadline (`deadline_exceeded`: it would be refused in the queue
+    anyway, after costing the loop its body). `on_refused(code, path)` counts them."""
 
     def __init__(
         self,
@@ -64,7 +82,7 @@ class Admission:
         self.batch_size = batch_size
         self.timeout_s = timeout_ms / 1000.0
         self.on_refused = on_refused
-        self.load = {path: _PathLoad() for path in MODEL_PATHS.values()}
+        self.load = {path: _PathLoad(batch_size) for path in MODEL_PATHS.values()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = MODEL_PATHS.get(_route_path(scope)) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -84,17 +102,15 @@ class Admission:
                 load.answered.append(time.monotonic())
             await send(message)
 
-        load.in_flight += 1
+        load.enter(time.monotonic())
         try:
             await self.app(scope, receive, send_counting)
         finally:
-            load.in_flight -= 1
+            load.leave()
 
     def _refusal(self, load: _PathLoad, scope: Scope) -> tuple[str, str] | None:
         if load.in_flight >= self.limit:
             return "overloaded", f"{self.limit} requests of this kind are already waiting or being answered"
-        if load.in_flight <= self.batch_size:  # too few to estimate from, and no queue to speak of
-            return None
         wait = load.expected_wait(time.monotonic())
         timeout_s = self._timeout_s(scope)
         if wait is None or wait <= timeout_s:

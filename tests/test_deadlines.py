@@ -166,28 +166,51 @@ def test_a_request_beyond_the_admission_limit_is_refused_before_its_body_is_read
 
 
 def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once_and_never_runs(
-    tiny_checkpoint: Path, gate: Gate
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Once the path has answered at some rate and more than a batch is in flight, a request whose deadline is
-    shorter than the expected wait (in flight / rate, Little's law) gets its 503 deadline_exceeded straight away
-    rather than at its deadline; one with time enough is admitted and served."""
-    with running_server(_settings(tiny_checkpoint, 60_000)) as url, ThreadPoolExecutor(4) as pool:
-        for seed in range(10, 20):  # the path's rate: ten answers within the last two seconds
-            assert _generate(url, seed).status_code == 200
-        holder = pool.submit(_generate, url, HOLD)
-        assert gate.entered.wait(WAIT_S)
-        queued = [pool.submit(_generate, url, seed) for seed in (2, 3)]  # three in flight, batches of one
-        time.sleep(0.2)
+    """Once the path has had a queue for a whole rate window (its answers then measure what the model can do), a
+    request whose deadline is shorter than the expected wait (in flight / rate, Little's law) gets its 503
+    deadline_exceeded straight away rather than at its deadline; one with time enough is admitted and served."""
+    original, seeds = Engine.generate_batch, []
+
+    def slow(self: Engine, jobs: Sequence[GenerateJob]) -> list[Generated]:
+        seeds.extend(job.seed for job in jobs)
+        time.sleep(0.1)  # ten answers a second at most, batches of one: four clients keep a queue
+        return original(self, jobs)
+
+    monkeypatch.setattr(Engine, "generate_batch", slow)
+    stop = threading.Event()
+
+    def client(url: str) -> None:
+        while not stop.is_set():
+            assert _generate(url, 1).status_code == 200
+
+    with running_server(_settings(tiny_checkpoint, 60_000)) as url, ThreadPoolExecutor(5) as pool:
+        clients = [pool.submit(client, url) for _ in range(4)]
+        time.sleep(3.0)  # past the 2 s window with four in flight throughout
         started = time.monotonic()
         refused = _generate(url, 4, {HEADER: "100"})
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 0.5  # not after its 100 ms in the queue and a batch or two
+        patient = pool.submit(_generate, url, 5, {HEADER: "50000"})
+        assert patient.result(WAIT_S).status_code == 200
+        stop.set()
+        for future in clients:
+            future.result(WAIT_S)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
         assert refused.json()["error"] == "deadline_exceeded" and "requests ahead" in refused.json()["detail"]
-        patient = pool.submit(_generate, url, 5, {HEADER: "50000"})
-        gate.release.set()
-        assert [f.result(WAIT_S).status_code for f in (holder, *queued, patient)] == [200, 200, 200, 200]
         assert _metric(url, 'jmvae_deadline_exceeded_total{path="attributes"}') == 1
-    assert 4 not in gate.seeds and 5 in gate.seeds
+    assert 4 not in seeds and 5 in seeds
+
+
+def test_a_burst_after_a_quiet_spell_is_admitted(tiny_checkpoint: Path) -> None:
+    """The rate of a quiet spell is not the path's capacity: two answers in the last two seconds and then eight
+    requests at once (a wait of 8 s at that rate, over the 1 s deadline) are all admitted and served."""
+    with running_server(_settings(tiny_checkpoint, 1000)) as url, ThreadPoolExecutor(8) as pool:
+        for seed in (1, 2):
+            assert _generate(url, seed).status_code == 200
+            time.sleep(0.5)
+        burst = [pool.submit(_generate, url, seed) for seed in range(10, 18)]
+        assert [f.result(WAIT_S).status_code for f in burst] == [200] * 8
 
 
 @pytest.fixture(scope="module")
