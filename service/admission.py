@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .deadlines import MAX_TIMEOUT_HEADER_MS, TIMEOUT_HEADER
+from .deadlines import MAX_TIMEOUT_HEADER_MS, TIMEOUT_HEADER, timeout_ms
 from .errors import error_response
 
 # Each model operation and the batcher path it queues on (service/engine.py).
@@ -74,13 +74,12 @@ class Admission:
         app: ASGIApp,
         limit: int,
         batch_size: int,
-        timeout_ms: float,
+        setting_ms: float,
         on_refused: Callable[[str, str], None],
     ) -> None:
         self.app = app
         self.limit = limit
-        self.batch_size = batch_size
-        self.timeout_s = timeout_ms / 1000.0
+        self.setting_ms = setting_ms
         self.on_refused = on_refused
         self.load = {path: _PathLoad(batch_size) for path in MODEL_PATHS.values()}
 
@@ -122,12 +121,10 @@ class Admission:
         )
 
     def _timeout_s(self, scope: Scope) -> float:
-        # As service/deadlines.py's deadline_for: the header may shorten the setting, never lengthen it. A bad
-        # header is left to the route, which answers it 422.
-        for name, value in scope["headers"]:
-            if name == _TIMEOUT_HEADER and value.isdigit() and 1 <= int(value) <= MAX_TIMEOUT_HEADER_MS:
-                return min(int(value) / 1000.0, self.timeout_s)
-        return self.timeout_s
+        # The header read as the route reads it, before routing; a bad one is left to the route, which answers 422.
+        header = next((value for name, value in scope["headers"] if name == _TIMEOUT_HEADER), b"")
+        valid = header.isdigit() and 1 <= int(header) <= MAX_TIMEOUT_HEADER_MS
+        return timeout_ms(int(header) if valid else None, self.setting_ms) / 1000.0
 
 
 def _route_path(scope: Scope) -> str:

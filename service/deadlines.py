@@ -45,10 +45,13 @@ def arrival(scope: Scope) -> float:
     return arrived if arrived is not None else time.monotonic()  # an app mounted without RecordArrival
 
 
-def deadline_for(arrived: float, header_ms: int | None, setting_ms: float) -> float:
+def timeout_ms(header_ms: int | None, setting_ms: float) -> float:
     """The client may ask for less than the setting, never for more."""
-    timeout_ms = setting_ms if header_ms is None else min(float(header_ms), setting_ms)
-    return arrived + timeout_ms / 1000.0
+    return setting_ms if header_ms is None else min(float(header_ms), setting_ms)
+
+
+def deadline_for(arrived: float, header_ms: int | None, setting_ms: float) -> float:
+    return arrived + timeout_ms(header_ms, setting_ms) / 1000.0
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def install_middleware(app: FastAPI, settings: Settings, metrics: ServiceMetrics
         Admission,
         limit=admission_limit(settings.max_queue, settings.max_batch_size),
         batch_size=settings.max_batch_size,
-        timeout_ms=settings.request_timeout_ms,
+        setting_ms=settings.request_timeout_ms,
         on_refused=metrics.observe_refusal,
     )
     app.add_middleware(
