@@ -1,6 +1,8 @@
 """The benchmark script runs end to end (its numbers are for people to read, not for tests to assert)."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,8 @@ from service_support import image_bytes
 
 from bench.throughput import ENDPOINTS, main
 from jmvae.training.synthetic import render_faces, sample_attributes
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_runs_and_reports_every_cell(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
@@ -29,3 +33,12 @@ def test_benchmark_runs_and_reports_every_cell(tmp_path: Path, tiny_checkpoint: 
         "model_batch_32_ms",
     }
     assert "| /attributes | 32 | max 32 |" in out
+
+
+def test_peers_pipeline_imports_without_the_web_stack() -> None:
+    """bench/peers/common.py runs in each peer's own venv, where FastAPI, Starlette and uvicorn may be missing
+    (TorchServe's has none of them): the service's core it calls must not need them."""
+    blocked = "import sys; sys.modules.update(dict.fromkeys(('fastapi', 'starlette', 'uvicorn')))"
+    code = f"{blocked}; import bench.peers.common, bench.peers.torchserve_handler"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
