@@ -5,6 +5,7 @@ requests that hold it have finished."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,17 @@ logger = logging.getLogger("jmvae.service")
 # How long a retired model waits for the requests still holding it; longer than any request takes (nginx gives
 # an upstream 30 s), after which the stragglers get 503 "shutting down" rather than keeping two models for good.
 DRAIN_S = 60.0
+
+
+def _freeze_heap() -> None:
+    """Puts every object alive now out of the cyclic garbage collector's reach (gc.freeze), once the model is warm:
+    the loaded model and the modules of torch, FastAPI and the rest are some 200,000 objects that no request frees,
+    and each full collection walked them all, a pause of up to 100 ms here that every request in flight waited out
+    (bench/serving.py: attributes → face at 32 clients, p99 212 against 118 ms frozen). Unfrozen and collected
+    first, so that what a reload has retired is freed."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class ReloadInProgress(Exception):
@@ -85,6 +97,7 @@ class ModelSlot:
 
     async def warm_up(self) -> None:
         await self._served.core.engine.warm_up()
+        _freeze_heap()
 
     async def reload(self) -> Swap:
         """Loads settings.checkpoint again beside the served model, warms it up and swaps it in; the old one keeps
@@ -104,6 +117,8 @@ class ModelSlot:
             swap = Swap(old.core.engine.version, engine.version)
             logger.info("reloaded %s: model %s serves (was %s)", engine.checkpoint.name, swap.version, swap.previous)
             await self._retire(old)
+            del old  # so that the collection before the heap is frozen again frees the retired model
+            _freeze_heap()
             return swap
 
     async def _retire(self, old: _Served) -> None:

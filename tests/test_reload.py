@@ -156,6 +156,22 @@ def test_the_old_engine_is_stopped_and_freed_after_a_swap(checkpoints: tuple[Pat
         assert client.get("/model", headers=AUTH).json()["version"] == _version(new)
 
 
+def test_the_warm_heap_is_frozen_and_refrozen_after_a_reload(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
+    """Once warm, the objects alive are out of the cyclic collector's reach (its full passes over them were the
+    long tail of the attributes → face path), and again after a reload, which unfreezes first so that the retired
+    model is freed (the test above)."""
+    old, new = checkpoints
+    path = _served(tmp_path, old)
+    gc.unfreeze()
+    with TestClient(create_app(_settings(path))) as client:
+        _wait_ready(client)
+        assert gc.get_freeze_count() > 10_000
+        gc.unfreeze()
+        _replace(path, new)
+        assert client.post("/admin/reload", headers=AUTH).status_code == 200
+        assert gc.get_freeze_count() > 10_000
+
+
 def test_only_one_reload_runs_at_a_time(checkpoints: tuple[Path, Path]) -> None:
     async def race() -> None:
         slot = await ModelSlot.open(_settings(checkpoints[0]), ServiceMetrics())
