@@ -115,7 +115,8 @@ class Core:
         return AttributesResponse(**self._read(probabilities), **face_fields(face))
 
     def generate_response(self, generation: Generation) -> GenerateResponse:
-        """The JSON answer, faces as base64 PNGs (CPU work: callers on an event loop run it on a thread)."""
+        """The JSON answer, faces as base64 PNGs (about 0.25 ms per face: on an event loop, more than one belongs on
+        a thread)."""
         job = generation.job
         with step("encode"):
             encoded = [png_base64(image) for image in generation.images]
