@@ -44,6 +44,10 @@ def create_app(settings: Settings | None = None, tracer_provider: Any = None) ->
         # FastAPI's own /docs and /redoc load their scripts from a CDN; routes/docs.py serves them from a package.
         docs_url=None,
         redoc_url=None,
+        # Traces come from service/tracing.py and metrics from Prometheus; FastAPI's own OpenTelemetry would look up
+        # the global providers (and the environment) on every request to find it has nothing to do: 3% of the
+        # server's CPU under load (py-spy, bench/serving.py).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_middleware(app, settings, metrics)
     tracing.install(app, tracer_provider)  # outermost: a request's span covers everything done for it

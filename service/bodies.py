@@ -22,13 +22,18 @@ def _refuse_constant(token: str) -> NoReturn:
     raise ValueError(f"{token} is not a JSON number; send a finite number")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)  # one, not one per call as json.loads(parse_constant=)
+
+
 def parse_json(data: str | bytes) -> Any:
     """Standard JSON, or ValueError with a one-line reason.
 
     Python's json module accepts NaN, Infinity and -Infinity, which JSON lacks, and fails with RecursionError
     (a bug's exception, not the input's) on nesting deeper than the interpreter's recursion limit."""
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
+        if isinstance(data, bytes):  # as json.loads reads bytes
+            data = data.decode(json.detect_encoding(data), "surrogatepass")
+        return _DECODER.decode(data)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
