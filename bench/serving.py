@@ -12,13 +12,14 @@ client, in this process, drives each path at 1, 8 and 32 concurrent clients for 
 a server's answers are checked against the in-process pipeline before it is measured.
 
 Also measured: the in-process ceiling (the same work without HTTP, at batch 1, 8 and 32), our service with
-batching off (JMVAE_MAX_BATCH_SIZE=1), with a 5 ms batch wait (JMVAE_MAX_BATCH_WAIT_MS=5) and on uvicorn's
-pure-Python HTTP parser and event loop (JMVAE_HTTP_PARSER=h11, JMVAE_EVENT_LOOP=asyncio), TorchServe with
-no batch delay as well as 5 ms, and the
-attributes → face path answered as one PNG, JPEG or WebP (Accept) instead of a base64 PNG in JSON, with each
-format's encoding cost; and the CPU time per request of each server and of the client. Prints markdown tables
-(and JSON with --json). Servers that are not being measured are stopped (SIGSTOP), and every cell is measured
-on each server in turn. The client shares the machine with the servers; compare numbers from one run only.
+batching off (JMVAE_MAX_BATCH_SIZE=1), with a 5 ms batch wait (JMVAE_MAX_BATCH_WAIT_MS=5) and on uvicorn's pure-
+Python HTTP parser and event loop (JMVAE_HTTP_PARSER=h11, JMVAE_EVENT_LOOP=asyncio), TorchServe with no batch
+delay as well as 5 ms; ours (`jmvae serve --workers 2`), LitServe and TorchServe with two workers each, compared
+among themselves; and the attributes → face path answered as one PNG, JPEG or WebP (Accept) instead of a base64
+PNG in JSON, with each format's encoding cost; and the CPU time per request of each server and of the client.
+Prints markdown tables (and JSON with --json). Servers that are not being measured are stopped (SIGSTOP), and
+every cell is measured on each server in turn. The client shares the machine with the servers; compare numbers
+from one run only.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,21 @@ GENERATE_BODY = {"attributes": {"Smiling": 2, "Male": -1}, "n": 0, "seed": 1}
 # main thread, as LitServe's and TorchServe's workers do, took 5x the CPU per item here): a small CPU box runs
 # them passive.
 SERVER_ENV = {"OMP_WAIT_POLICY": "passive"}
-# Our service's batching variants, each a server of its own, measured beside the default (max 32, no wait).
+
+
+# Our service's variants, each a server of its own, measured beside the default (one worker, max 32, no wait).
+@dataclass(frozen=True)
+class Variant:
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1  # `jmvae serve --workers`: processes sharing the port, each with its own engine
+
+
+TWO_WORKERS = "2 workers"  # the variant every server that can runs, compared among themselves
 VARIANTS = {
-    "batching off": {"JMVAE_MAX_BATCH_SIZE": "1"},
-    "5 ms batch wait": {"JMVAE_MAX_BATCH_WAIT_MS": "5"},
-    "h11 + asyncio": {"JMVAE_HTTP_PARSER": "h11", "JMVAE_EVENT_LOOP": "asyncio"},
+    "batching off": Variant({"JMVAE_MAX_BATCH_SIZE": "1"}),
+    "5 ms batch wait": Variant({"JMVAE_MAX_BATCH_WAIT_MS": "5"}),
+    "h11 + asyncio": Variant({"JMVAE_HTTP_PARSER": "h11", "JMVAE_EVENT_LOOP": "asyncio"}),
+    TWO_WORKERS: Variant(workers=2),
 }
 PATHS = ("attributes", "generate")  # image → attributes, attributes → face
 SERVERS = ("jmvae", "litserve", "bentoml", "torchserve")
@@ -128,15 +139,15 @@ def _venv(peer: str) -> Path:
 
 
 @contextmanager
-def _jmvae(checkpoint: Path | None, env: dict[str, str]) -> Iterator[Endpoints]:
-    with serve_subprocess(checkpoint, env) as served:
+def _jmvae(checkpoint: Path | None, env: dict[str, str], workers: int = 1) -> Iterator[Endpoints]:
+    with serve_subprocess(checkpoint, env, workers) as served:
         yield Endpoints(served.process.pid, served.url)
 
 
 @contextmanager
-def _litserve(env: dict[str, str]) -> Iterator[Endpoints]:
+def _litserve(env: dict[str, str], workers: int = 1) -> Iterator[Endpoints]:
     port = free_port()
-    cmd = [str(_venv("litserve") / "python"), "-m", "bench.peers.litserve_app", str(port)]
+    cmd = [str(_venv("litserve") / "python"), "-m", "bench.peers.litserve_app", str(port), str(workers)]
     with server_process(cmd, env, f"http://127.0.0.1:{port}/health", ready_in_a_row=3, cwd=ROOT) as proc:
         yield Endpoints(proc.pid, f"http://127.0.0.1:{port}")
 
@@ -158,16 +169,16 @@ def _bentoml(env: dict[str, str]) -> Iterator[Endpoints]:
 
 
 @contextmanager
-def _torchserve(env: dict[str, str], max_batch_delay_ms: int | None = None) -> Iterator[Endpoints]:
-    """TorchServe with bench/peers/torchserve-model.yaml, or that config with another maxBatchDelay."""
+def _torchserve(env: dict[str, str], overrides: dict[str, int] | None = None) -> Iterator[Endpoints]:
+    """TorchServe with bench/peers/torchserve-model.yaml, or that config with `overrides` of its fields."""
     venv = _venv("torchserve")
     with tempfile.TemporaryDirectory(prefix="torchserve-") as tmp:
         store = Path(tmp) / "store"
         store.mkdir()
         model_config = PEERS / "torchserve-model.yaml"
-        if max_batch_delay_ms is not None:
+        if overrides:
             model_config = Path(tmp) / model_config.name
-            config = yaml.safe_load((PEERS / model_config.name).read_text()) | {"maxBatchDelay": max_batch_delay_ms}
+            config = yaml.safe_load((PEERS / model_config.name).read_text()) | overrides
             model_config.write_text(yaml.safe_dump(config))
         for model in PATHS:  # the handler serves the path its model is named after
             subprocess.run(
@@ -375,26 +386,42 @@ def _table(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
 
 
 def _summary(rows: list[dict[str, Any]], ceiling: list[dict[str, Any]], clients: list[int]) -> list[dict[str, Any]]:
-    """Per path and client count: our default against the best peer in any configuration, and against the
-    ceiling (the in-process rate at its best batch size)."""
+    """Per path, client count and number of workers (one, or two where every server ran a "2 workers" variant):
+    ours against the best peer in any configuration with as many workers, by throughput, with both p99s (the best
+    peer's p99 is the lowest among those peers), and against the ceiling (the in-process rate at its best batch
+    size)."""
     out = []
     for path in PATHS:
         best_ceiling = max(c["items_per_s"] for c in ceiling if c["path"] == path)
-        for n in clients:
-            cell = [r for r in rows if r["path"] == path and r["clients"] == n]
-            ours = next((r["requests_per_s"] for r in cell if r["server"] == "jmvae" and not r["variant"]), None)
-            best = max((r for r in cell if r["server"] != "jmvae"), key=lambda r: r["requests_per_s"], default=None)
-            out.append(
-                {
-                    "path": path,
-                    "clients": n,
-                    "ours": ours,
-                    "best_peer": _label(best) if best else None,
-                    "best_peer_rate": best["requests_per_s"] if best else None,
-                    "ours_over_best_peer": ours / best["requests_per_s"] if best and ours else None,
-                    "ours_over_ceiling": ours / best_ceiling if ours else None,
-                }
-            )
+        for workers, two in ((1, False), (2, True)):
+            for n in clients:
+                cell = [
+                    r
+                    for r in rows
+                    if r["path"] == path
+                    and r["clients"] == n
+                    and (r["variant"] == TWO_WORKERS) == two
+                    and not r["variant"].startswith("Accept")
+                ]
+                ours = next((r for r in cell if r["server"] == "jmvae" and (two or not r["variant"])), None)
+                peers = [r for r in cell if r["server"] != "jmvae"]
+                if ours is None or not peers:
+                    continue
+                best = max(peers, key=lambda r: r["requests_per_s"])
+                out.append(
+                    {
+                        "path": path,
+                        "clients": n,
+                        "workers": workers,
+                        "ours": ours["requests_per_s"],
+                        "best_peer": _label(best),
+                        "best_peer_rate": best["requests_per_s"],
+                        "ours_over_best_peer": ours["requests_per_s"] / best["requests_per_s"],
+                        "ours_p99_ms": ours["p99_ms"],
+                        "best_peer_p99_ms": min(r["p99_ms"] for r in peers),
+                        "ours_over_ceiling": ours["requests_per_s"] / best_ceiling,
+                    }
+                )
     return out
 
 
@@ -463,11 +490,17 @@ def main(argv: list[str] | None = None) -> int:
         entries = [(name, "", starters[name]) for name in args.servers]
         if "jmvae" in args.servers:
             entries += [
-                ("jmvae", variant, lambda s=settings: _jmvae(args.checkpoint, env | s))
-                for variant, settings in VARIANTS.items()
+                ("jmvae", name, lambda v=variant: _jmvae(args.checkpoint, env | v.env, v.workers))
+                for name, variant in VARIANTS.items()
             ]
         if "torchserve" in args.servers:  # our default's policy; LitServe's worker spins on an empty queue at 0
-            entries.append(("torchserve", "no batch wait", lambda: _torchserve(env, max_batch_delay_ms=0)))
+            entries.append(("torchserve", "no batch wait", lambda: _torchserve(env, {"maxBatchDelay": 0})))
+        # Two inference workers per path, as ours with two: LitServe's and TorchServe's front ends are already
+        # processes of their own beside their workers.
+        if "litserve" in args.servers:
+            entries.append(("litserve", TWO_WORKERS, lambda: _litserve(env, workers=2)))
+        if "torchserve" in args.servers:
+            entries.append(("torchserve", TWO_WORKERS, lambda: _torchserve(env, {"minWorkers": 2, "maxWorkers": 2})))
         running: dict[tuple[str, str], Endpoints] = {}
         for name, variant, start in entries:
             running[name, variant] = server = stack.enter_context(start())
@@ -518,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     )
-    print("\nServers (one worker, dynamic batching max 32):\n")
+    print("\nServers (dynamic batching max 32; one worker unless marked):\n")
     print(
         _table(
             [r | {"server": _label(r)} for r in rows if r["server"] != "jmvae" or not r["variant"]],
@@ -535,17 +568,20 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     )
-    print("\nOurs against the best peer and the ceiling (its best batch size):\n")
+    print("\nOurs against the best peer with as many workers, and the ceiling (its best batch size):\n")
     print(
         _table(
             report["summary"],
             {
                 "path": "path",
                 "clients": "clients",
+                "workers": "workers",
                 "ours req/s": "ours",
                 "best peer": "best_peer",
                 "its req/s": "best_peer_rate",
                 "ours / best peer": "ours_over_best_peer",
+                "ours p99 ms": "ours_p99_ms",
+                "lowest peer p99 ms": "best_peer_p99_ms",
                 "ours / ceiling": "ours_over_ceiling",
             },
         )

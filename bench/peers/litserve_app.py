@@ -1,10 +1,10 @@
 """The service's two model paths served by LitServe, with its own batching (max 32, 5 ms timeout).
 
-    bench/.venv-litserve/bin/python -m bench.peers.litserve_app PORT
+    bench/.venv-litserve/bin/python -m bench.peers.litserve_app PORT [WORKERS]
 
 POST /attributes takes the multipart upload `image`, POST /generate the JSON body of our /generate; both answer
-the same JSON as `jmvae serve`. LitServe runs the HTTP server and one inference worker process per API; each
-request is decoded (and its face cropped) in the worker, then batched into one forward pass.
+the same JSON as `jmvae serve`. LitServe runs the HTTP server and WORKERS (default one) inference worker processes
+per API; each request is decoded (and its face cropped) in a worker, then batched into one forward pass.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main() -> None:
     server = ls.LitServer(
         [AttributesAPI(api_path="/attributes", **batching), GenerateAPI(api_path="/generate", **batching)],
         accelerator="auto",
-        workers_per_device=1,
+        workers_per_device=int(sys.argv[2]) if len(sys.argv) > 2 else 1,
         timeout=60,
         fast_queue=True,  # ZeroMQ: its faster transport
     )
