@@ -167,10 +167,12 @@ class Core:
     ) -> AttributesResponse:
         """Photo → p(attribute | face) for the most confident face in it, and with `every_face` for each face."""
         if not every_face:
-            face = await asyncio.to_thread(self.crop, photo, box)  # decoding and detection: off the event loop
+            with self.engine.image_path.upstream():  # a batch forming meanwhile waits for this face
+                face = await asyncio.to_thread(self.crop, photo, box)  # decoding and detection: off the event loop
             encoded = await self.engine.encode(face.pixels, deadline)
             return self.attributes_response(face, encoded.probabilities)
-        face, others = await asyncio.to_thread(self.crop_every_face, photo, box)
+        with self.engine.image_path.upstream():
+            face, others = await asyncio.to_thread(self.crop_every_face, photo, box)
         # One submission per face: the batcher runs them in one forward pass.
         answers = await asyncio.gather(*(self.engine.encode(pixels, deadline) for pixels in (face.pixels, *others)))
         response = self.attributes_response(face, answers[0].probabilities)
@@ -188,7 +190,8 @@ class Core:
     ) -> Edit:
         """Photo + attribute changes → x′ = x + x′_mean − x_mean (jmvae.model.editing)."""
         self.check_names(changes, "changes")
-        face = await asyncio.to_thread(self.crop, photo, box)
+        with self.engine.image_path.upstream():
+            face = await asyncio.to_thread(self.crop, photo, box)
         encoded = await self.engine.encode(face.pixels, deadline)
         w = read_attributes(encoded.probabilities)
         w_prime = with_changes(w, self.names, changes)

@@ -88,6 +88,8 @@ class Engine:
             settings.max_queue,
             self._observe,
             record_batch,
+            upstream_wait_s=settings.upstream_wait_ms / 1000.0,
+            upstream_busy=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         )
         self.attribute_path: Batcher[GenerateJob, Generated] = Batcher(
             "attributes",

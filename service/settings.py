@@ -23,6 +23,15 @@ class Settings(BaseSettings):
     # 0: a batch is whatever queued while the previous one ran, so it grows with the load and a lone request
     # never idles. A 5 ms wait halved throughput at 1 client (bench/serving.py) and gained nothing at 8 or 32.
     max_batch_wait_ms: float = Field(0.0, ge=0.0, description="how long a batch waits for company after its first item")
+    # Uploads are decoded and cropped concurrently and reach the image path one by one: without this its batches
+    # averaged 1.2 faces at 32 clients, each pass costing the model nearly what one of eight does. At 100 ms: 9%
+    # more answers at 32 clients, 7% at 8 and a third off that p99 (bench/serving.py, docs/benchmarks.md).
+    upstream_wait_ms: float = Field(
+        100.0,
+        ge=0.0,
+        description="how long an image-path batch waits, after its first item, for uploads still being decoded "
+        "and cropped while there are at least as many of them as cores; 0: not at all",
+    )
     max_queue: int = Field(256, ge=1, description="items waiting per model path before requests get 503")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="width × height of an upload, checked before decoding")

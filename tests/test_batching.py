@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import pytest
 
@@ -53,8 +54,20 @@ def run(test: Callable[[Callable[..., Batcher]], Awaitable[None]]) -> None:
             max_wait_s: float = 0.05,
             max_queue: int = 100,
             on_batch: Callable[[str, BatchStats], None] | None = None,
+            upstream_wait_s: float = 0.0,
+            upstream_busy: int = 1,
         ) -> Batcher:
-            b = Batcher("test", model, executor, max_batch_size, max_wait_s, max_queue, on_batch)
+            b = Batcher(
+                "test",
+                model,
+                executor,
+                max_batch_size,
+                max_wait_s,
+                max_queue,
+                on_batch,
+                upstream_wait_s=upstream_wait_s,
+                upstream_busy=upstream_busy,
+            )
             b.start()
             batchers.append(b)
             return b
@@ -146,6 +159,48 @@ def test_a_lone_item_runs_after_max_wait_without_a_full_batch() -> None:
         (only,) = stats
         assert only.size == 1 and len(only.queue_wait_s) == 1 and only.queue_wait_s[0] >= 0.15
         assert only.model_s >= 0
+
+    run(test)
+
+
+def test_a_batch_waits_for_items_on_their_way_while_enough_are() -> None:
+    """No max_wait, but two items being prepared (upstream): the first queued item waits for them; once fewer than
+    upstream_busy are on their way, the batch goes with what has come."""
+
+    async def test(batcher: Callable[..., Batcher]) -> None:
+        model = Model()
+        b = batcher(model, max_batch_size=8, max_wait_s=0.0, upstream_wait_s=3 * WAIT_S, upstream_busy=2)
+        with ExitStack() as preparing:
+            second = preparing.enter_context(ExitStack())
+            second.enter_context(b.upstream())
+            preparing.enter_context(b.upstream())
+            tasks = submit(b, 1)
+            await asyncio.sleep(0.05)
+            assert model.batches == []  # two on their way: it waits
+            second.close()  # one is ready, and is submitted with no await in between
+            tasks += submit(b, 2)
+            assert await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S) == [10, 20]
+        assert model.batches == [[1, 2]]  # one still on its way is fewer than upstream_busy: it did not wait
+
+    run(test)
+
+
+def test_a_failed_preparation_lets_the_batch_go_and_upstream_wait_bounds_the_wait() -> None:
+    async def test(batcher: Callable[..., Batcher]) -> None:
+        model = Model()
+        b = batcher(model, max_batch_size=8, max_wait_s=0.0, upstream_wait_s=3 * WAIT_S)
+        with pytest.raises(ValueError), b.upstream():
+            task = submit(b, 1)
+            await asyncio.sleep(0.05)
+            assert model.batches == []
+            raise ValueError("not an image")  # never submitted
+        assert await asyncio.wait_for(task[0], WAIT_S) == 10
+
+        bounded = batcher(Model(), max_batch_size=8, max_wait_s=0.0, upstream_wait_s=0.2)
+        with bounded.upstream():  # never comes
+            started = time.perf_counter()
+            assert await asyncio.wait_for(bounded.submit(2), WAIT_S) == 20
+            assert time.perf_counter() - started >= 0.15
 
     run(test)
 
