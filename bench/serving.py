@@ -12,14 +12,14 @@ client, in this process, drives each path at 1, 8 and 32 concurrent clients for 
 a server's answers are checked against the in-process pipeline before it is measured.
 
 Also measured: the in-process ceiling (the same work without HTTP, at batch 1, 8 and 32), our service with
-batching off (JMVAE_MAX_BATCH_SIZE=1), with a 5 ms batch wait (JMVAE_MAX_BATCH_WAIT_MS=5) and on uvicorn's pure-
-Python HTTP parser and event loop (JMVAE_HTTP_PARSER=h11, JMVAE_EVENT_LOOP=asyncio), TorchServe with no batch
-delay as well as 5 ms; ours (`jmvae serve --workers 2`), LitServe and TorchServe with two workers each, compared
-among themselves; and the attributes → face path answered as one PNG, JPEG or WebP (Accept) instead of a base64
-PNG in JSON, with each format's encoding cost; and the CPU time per request of each server and of the client.
-Prints markdown tables (and JSON with --json). Servers that are not being measured are stopped (SIGSTOP), and
-every cell is measured on each server in turn. The client shares the machine with the servers; compare numbers
-from one run only.
+batching off (JMVAE_MAX_BATCH_SIZE=1), with a 5 ms batch wait (JMVAE_MAX_BATCH_WAIT_MS=5), without the image
+path's wait for uploads still being cropped (JMVAE_UPSTREAM_WAIT_MS=0) and on uvicorn's pure-Python HTTP parser
+and event loop (JMVAE_HTTP_PARSER=h11, JMVAE_EVENT_LOOP=asyncio), TorchServe with no batch delay as well as 5 ms;
+ours (`jmvae serve --workers 2`), LitServe and TorchServe with two workers each, compared among themselves; and
+the attributes → face path answered as one PNG, JPEG or WebP (Accept) instead of a base64 PNG in JSON, with each
+format's encoding cost; and the CPU time per request of each server and of the client. Prints markdown tables
+(and JSON with --json). Servers that are not being measured are stopped (SIGSTOP), and every cell is measured on
+each server in turn. The client shares the machine with the servers; compare numbers from one run only.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ TWO_WORKERS = "2 workers"  # the variant every server that can runs, compared am
 VARIANTS = {
     "batching off": Variant({"JMVAE_MAX_BATCH_SIZE": "1"}),
     "5 ms batch wait": Variant({"JMVAE_MAX_BATCH_WAIT_MS": "5"}),
+    "no upstream wait": Variant({"JMVAE_UPSTREAM_WAIT_MS": "0"}),
     "h11 + asyncio": Variant({"JMVAE_HTTP_PARSER": "h11", "JMVAE_EVENT_LOOP": "asyncio"}),
     TWO_WORKERS: Variant(workers=2),
 }
