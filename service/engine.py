@@ -89,6 +89,7 @@ class Engine:
             self._observe,
             record_batch,
             upstream_wait_s=settings.upstream_wait_ms / 1000.0,
+            # While the crops under way keep every core this process may use busy, the model's wait idles none.
             upstream_busy=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         )
         self.attribute_path: Batcher[GenerateJob, Generated] = Batcher(

@@ -26,9 +26,9 @@ DRAIN_S = 60.0
 def _freeze_heap() -> None:
     """Puts every object alive now out of the cyclic garbage collector's reach (gc.freeze), once the model is warm:
     the loaded model and the modules of torch, FastAPI and the rest are some 200,000 objects that no request frees,
-    and each full collection walked them all, a pause of up to 100 ms here that every request in flight waited out
-    (bench/serving.py: attributes → face at 32 clients, p99 212 against 118 ms frozen). Unfrozen and collected
-    first, so that what a reload has retired is freed."""
+    and each full collection walked them all, a pause that every request in flight waited out (an A/B run of the
+    server, attributes → face at 32 clients: p99 212 against 118 ms frozen). Unfrozen and collected first, so
+    that what a reload has retired is freed."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()

@@ -24,8 +24,8 @@ class Settings(BaseSettings):
     # never idles. A 5 ms wait halved throughput at 1 client (bench/serving.py) and gained nothing at 8 or 32.
     max_batch_wait_ms: float = Field(0.0, ge=0.0, description="how long a batch waits for company after its first item")
     # Uploads are decoded and cropped concurrently and reach the image path one by one: without this its batches
-    # averaged 1.2 faces at 32 clients, each pass costing the model nearly what one of eight does. At 100 ms: 9%
-    # more answers at 32 clients, 7% at 8 and a third off that p99 (bench/serving.py, docs/benchmarks.md).
+    # averaged 1.2 faces at 32 clients, each pass costing the model nearly what one of eight does. At 100 ms: 11%
+    # more answers at 32 clients and 8-12% less server CPU per request at 8 and 32 (bench/serving.py).
     upstream_wait_ms: float = Field(
         100.0,
         ge=0.0,
