@@ -277,15 +277,19 @@ def test_sigterm_answers_every_request_in_flight_and_exits_within_the_grace_peri
     try:
         replica.wait_ready()
         answered_at: list[float] = []
+        first_answer = threading.Event()
 
         def post(seed: int) -> str:
             answer = httpx.post(f"{replica.url}/generate", json={"n": 16, "seed": seed}, timeout=60)
             answered_at.append(time.monotonic())
+            first_answer.set()
             return f"{answer.status_code} {answer.headers.get('retry-after', '-')}"
 
         with ThreadPoolExecutor(32) as pool:
             futures = [pool.submit(post, seed) for seed in range(32)]
-            time.sleep(1.0)  # every request read and queued (batches of 8): the first batches run, the rest wait
+            # Signalled once the first batch (of 8) has answered: the other 24 are then still queued or running,
+            # however fast the machine.
+            assert first_answer.wait(60)
             stopped = time.monotonic()
             os.kill(replica.server_pid(), signal.SIGTERM)
             statuses = [f.result() for f in futures]
