@@ -207,11 +207,18 @@ def crop_face(image: Image.Image, box: CropBox, size: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8).copy()
 
 
-def reframe(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def reframe(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, angle: torch.Tensor | None = None
+) -> torch.Tensor:
     """Normalised faces (N, 3, S, S) as if each crop box had been drawn `scale` (N,) times as large about its
-    centre and moved by `shift` (N, 2) of its side (x, y); bilinear, edges repeated as `crop_face` pads."""
+    centre, turned by `angle` (N,) radians and moved by `shift` (N, 2) of its side (x, y); bilinear, edges
+    repeated as `crop_face` pads."""
     theta = torch.zeros((len(x), 2, 3), device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    if angle is None:
+        theta[:, 0, 0] = theta[:, 1, 1] = scale
+    else:
+        cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
     theta[:, :, 2] = 2 * shift  # the grid spans [-1, 1]: 2 units per side
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -134,7 +134,9 @@ def test_eval_command(reference_run: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    "augmentation", [{"hflip": True}, {"jitter_scale": 0.07, "jitter_shift": 0.016}], ids=["hflip", "jitter"]
+    "augmentation",
+    [{"hflip": True}, {"jitter_scale": 0.07, "jitter_shift": 0.016}, {"rotate": 10.0}, {"colour": 0.2}],
+    ids=["hflip", "jitter", "rotate", "colour"],
 )
 def test_augmentation_changes_training_but_stays_reproducible(
     tmp_path: Path, tiny_toml: Path, augmentation: dict, monkeypatch: pytest.MonkeyPatch
@@ -158,7 +160,7 @@ def test_augmentation_changes_training_but_stays_reproducible(
         assert _train(tmp_path / name, config, "--epochs", "1") == 0
     if "hflip" in augmentation:  # a share of the faces mirrored, the others as they were, nothing else
         assert None not in seen and True in seen and False in seen, seen
-    else:  # jitter re-frames every face
+    else:  # jitter, rotation and colour change every face
         assert seen and set(seen) == {None}, seen
     _assert_same_weights(tmp_path / "a" / "final.safetensors", tmp_path / "b" / "final.safetensors")
     flipped = _weights(tmp_path / "a" / "final.safetensors")["joint_encoder.head.linear.weight"]
@@ -201,6 +203,42 @@ def test_jitter_reframes_each_face_within_its_range_and_stays_reproducible() -> 
     centre = faces[..., 7:9, 7:9]
     lower, upper = centre.amin((-2, -1)), centre.amax((-2, -1))
     assert ((out[..., 7, 7] >= lower - 0.35) & (out[..., 7, 7] <= upper + 0.35)).float().mean() > 0.9
+
+
+@pytest.mark.unit
+def test_reframe_turns_each_face_by_its_own_angle() -> None:
+    from jmvae.model.preprocess import reframe
+
+    faces = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    angles = torch.tensor([0.0, math.pi / 2, -math.pi / 2])
+    out = reframe(faces, torch.ones(3), torch.zeros(3, 2), angles)
+    torch.testing.assert_close(out[0], faces[0], atol=1e-5, rtol=0)
+    # A quarter turn of the sampling grid is a quarter turn of the pixels, one way or the other by its sign.
+    turned = {k: torch.rot90(faces[1], k, (-2, -1)) for k in (1, -1)}
+    matches = [k for k, face in turned.items() if torch.allclose(out[1], face, atol=1e-4)]
+    assert len(matches) == 1
+    torch.testing.assert_close(out[2], torch.rot90(faces[2], -matches[0], (-2, -1)), atol=1e-4, rtol=0)
+
+
+@pytest.mark.unit
+def test_rotate_and_colour_draw_per_face_stay_in_range_and_reproduce() -> None:
+    from jmvae.training.augment import recolour
+
+    faces = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.25
+    for kwargs in ({"rotate": 10.0}, {"colour": 0.2}):
+        out = augment(faces, torch.Generator().manual_seed(0), hflip=False, shift=0, **kwargs)
+        again = augment(faces, torch.Generator().manual_seed(0), hflip=False, shift=0, **kwargs)
+        assert torch.equal(out, again) and out.shape == faces.shape
+        change = (out - faces).abs().flatten(1).mean(1)
+        assert (change > 1e-4).all() and change.std() > 1e-4, kwargs  # every face, each by its own draw
+    out = recolour(faces, torch.Generator().manual_seed(0), 0.2)
+    assert 0 <= out.min() and out.max() <= 1
+    # Brightness at most e^0.2 either way before contrast and saturation: the mean stays within e^±0.4 of itself.
+    ratio = out.mean((1, 2, 3)) / faces.mean((1, 2, 3))
+    assert (ratio > math.exp(-0.4)).all() and (ratio < math.exp(0.4)).all()
+    grey = faces[:, :1].expand(-1, 3, -1, -1)  # a grey face stays grey: saturation scales colour, not luma
+    recoloured = recolour(grey, torch.Generator().manual_seed(0), 0.2)
+    torch.testing.assert_close(recoloured[:, 0], recoloured[:, 2], atol=1e-5, rtol=0)
 
 
 def test_shift_moves_each_face_by_at_most_shift_pixels_and_stays_reproducible(tmp_path: Path, tiny_toml: Path) -> None:

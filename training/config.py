@@ -75,6 +75,13 @@ class TrainConfig(BaseModel):
     jitter_shift: float = Field(
         0.0, ge=0.0, le=0.25, description="... and moved by up to this fraction of its side along each axis"
     )
+    rotate: float = Field(0.0, ge=0.0, le=30.0, description="turn each training face by up to this many degrees")
+    colour: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="scale each training face's brightness, contrast and saturation by up to e^±colour",
+    )
     gan: GanConfig | None = Field(None, description="train with a discriminator (VAE-GAN style), as the paper did")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

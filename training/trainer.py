@@ -398,8 +398,16 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(config, self.step, self.total_steps)
         generator.manual_seed(step_seed(config.seed, self.ctx.rank, self.step))
-        if config.hflip or config.shift or config.jitter_scale or config.jitter_shift:
-            x = augment(x, generator, config.hflip, config.shift, config.jitter_scale, config.jitter_shift)
+        x = augment(
+            x,
+            generator,
+            config.hflip,
+            config.shift,
+            config.jitter_scale,
+            config.jitter_shift,
+            config.rotate,
+            config.colour,
+        )
         autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
         with autocast:
             terms = model(x, w, alpha=config.alpha, beta=beta, generator=generator)
