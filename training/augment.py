@@ -69,7 +69,7 @@ def recolour(x: torch.Tensor, generator: torch.Generator, strength: float) -> to
     factors = torch.exp((torch.rand((3, len(x), 1, 1, 1), generator=generator, device=x.device) * 2 - 1) * strength)
     x = x * factors[0]
     luma = torch.tensor(_LUMA, device=x.device, dtype=x.dtype)[None, :, None, None]
-    grey = (x * luma).sum(1, keepdim=True)
-    x = grey.mean((2, 3), keepdim=True) + (x - grey.mean((2, 3), keepdim=True)) * factors[1]
+    mean = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    x = mean + (x - mean) * factors[1]
     grey = (x * luma).sum(1, keepdim=True)
     return (grey + (x - grey) * factors[2]).clamp_(0.0, 1.0)
