@@ -17,7 +17,7 @@ from jmvae.model.config import ModelConfig
 from jmvae.model.jmvae import JMVAE
 from jmvae.training.data import FaceArrays
 from jmvae.training.evaluate import coherence, evaluate
-from jmvae.training.metrics import FIELDS, METRICS, PER_ATTRIBUTE, family, markdown, unknown
+from jmvae.training.metrics import FIELDS, LIVE, METRICS, PER_ATTRIBUTE, family, markdown, unknown
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "training.md"
@@ -66,10 +66,11 @@ def test_the_docs_hold_the_code_table() -> None:
 def test_one_rule_for_the_names() -> None:
     assert not METRICS.keys() & FIELDS.keys()  # a val record is fields | metrics: no name may shadow another
     for name in [*METRICS, *FIELDS]:
-        assert re.fullmatch(r"[a-z][a-z0-9_]*(/<attribute>)?", name), name
+        assert re.fullmatch(r"[a-z][a-z0-9_]*(/<attribute>)?", name) or name == LIVE + "<name>", name
         assert not name.startswith("val_"), name  # a record's "kind" says train or val, not the name
     assert all(name.endswith(PER_ATTRIBUTE) for name in METRICS if "/" in name)
     assert family("attr_auc_kl/Smiling") == "attr_auc_kl/<attribute>" and unknown(["attr_auc/Smiling"])
+    assert family("live_attr_auc_kl/Smiling") == LIVE + "<name>" and unknown(["live_attr_auc", "live_epoch"])
     assert all(meaning.strip() for meaning in [*METRICS.values(), *FIELDS.values()])
 
 

@@ -293,6 +293,35 @@ def test_resume_with_foreach_adam_gives_the_same_weights(
     _assert_same_weights(out / "final.safetensors", tmp_path / "reference" / "final.safetensors")
 
 
+def test_ema_checkpoints_the_average_and_resumes_exactly(tmp_path: Path, reference_run: Path, capsys) -> None:
+    """With ema the checkpoint's model is the moving average (and validation measures it, the live weights'
+    metrics beside it); an interrupted run resumes both the average and the live weights exactly; the live weights
+    follow the same path as without ema."""
+    config = write_tiny_run(tmp_path / "ema.toml", TRAINING, ema=0.9)
+    assert _train(tmp_path / "reference", config, "--epochs", "3") == 0
+    out = tmp_path / "run"
+    assert _train(out, config, "--epochs", "1") == 0
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    _assert_same_weights(out / "final.safetensors", tmp_path / "reference" / "final.safetensors")
+
+    last = read_checkpoint(tmp_path / "reference" / "last.safetensors")
+    live = {k.removeprefix("live."): v for k, v in last.state_tensors.items() if k.startswith("live.")}
+    plain = _weights(reference_run / "final.safetensors")
+    assert live.keys() == plain.keys() == last.model_state.keys()
+    assert all(torch.equal(live[k], plain[k]) for k in plain)  # the average does not change training
+    name = "joint_encoder.head.linear.weight"
+    assert not torch.allclose(last.model_state[name], live[name])
+    assert last.model_state["attribute_encoder.features.0.1.num_batches_tracked"].item() == 18  # copied, not averaged
+
+    val = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "val"]
+    assert [r["epoch"] for r in val] == [1, 2, 3] and not unknown(val[-1])
+    assert val[-1]["attr_auc_kl"] != val[-1]["live_attr_auc_kl"]
+    saved = out / "config.json"  # edited by hand: the average cannot resume as the live weights
+    saved.write_text(saved.read_text().replace('"ema": 0.9', '"ema": 0.0'))
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "4", "--no-progress"]) == 1
+    assert "was trained with ema" in capsys.readouterr().err
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize("implementation", ["fused", "foreach"])
 def test_restored_adam_moments_take_their_parameters_layout(
@@ -354,9 +383,11 @@ def test_a_checkpoint_of_the_per_parameter_adam_resumes_with_the_fused_kernel(
     fused.step()  # the fused kernel accepts the restored state (its step counts as float32 tensors)
 
 
-def test_no_host_reads_between_log_points(tmp_path: Path, tiny_toml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_no_host_reads_between_log_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema: float) -> None:
     """Every read of a tensor's value on the host is a GPU sync. In the loop, the only one is at each log point:
-    one epoch of 6 steps logged every 2 reads back 3 times, whatever the number of loss terms."""
+    one epoch of 6 steps logged every 2 reads back 3 times, whatever the number of loss terms, with a moving
+    average of the weights too."""
     from jmvae.training.trainer import Trainer
 
     reads: list[str] = []
@@ -385,7 +416,7 @@ def test_no_host_reads_between_log_points(tmp_path: Path, tiny_toml: Path, monke
             counting = False
 
     monkeypatch.setattr(Trainer, "_train_epoch", watched)
-    assert _train(tmp_path / "run", tiny_toml, "--epochs", "1") == 0
+    assert _train(tmp_path / "run", write_tiny_run(tmp_path / "run.toml", TRAINING, ema=ema), "--epochs", "1") == 0
     assert reads == ["tolist"] * 3
     train = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())]
     assert [r["step"] for r in train if r["kind"] == "train"] == [2, 4, 6]

@@ -82,6 +82,13 @@ class TrainConfig(BaseModel):
         le=0.5,
         description="scale each training face's brightness, contrast and saturation by up to e^±colour",
     )
+    ema: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="decay per step of a moving average of the weights, which validation measures and the "
+        "checkpoints' model holds (the live weights resume from the training state); 0: none, the live weights",
+    )
     gan: GanConfig | None = Field(None, description="train with a discriminator (VAE-GAN style), as the paper did")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -24,6 +24,8 @@ CONVENTION = (
 )
 # A name ending in this stands for one entry per attribute: attr_auc_kl/Smiling, fig1a_average_p/Bald, ...
 PER_ATTRIBUTE = "/<attribute>"
+# A name starting with this is another name's metric, of the live weights when a run averages them (`ema`).
+LIVE = "live_"
 
 METRICS: dict[str, str] = {
     # The objective's terms (model/jmvae.py, ObjectiveTerms): batch means over log_every steps in train
@@ -83,6 +85,8 @@ METRICS: dict[str, str] = {
         f"{lead}_se": f"standard error of {lead} over the examples"
         for lead in ("log_px_multiple_minus_vae", "log_px_single_minus_vae", "log_px_given_w_minus_cvae")
     },
+    LIVE + "<name>": "`ema`: the metric <name> of the live weights in val records and checkpoints, where <name> "
+    "alone is the moving average's",
     # Train records only.
     "images_per_s": "training images per second over the record's steps, all processes together",
     "g_adv": "`--gan`: the decoder's adversarial loss −log D(fake), before its weight",
@@ -116,7 +120,10 @@ FIELDS: dict[str, str] = {
 
 
 def family(name: str) -> str:
-    """The vocabulary's entry for a name as written: attr_auc_kl/Smiling → attr_auc_kl/<attribute>."""
+    """The vocabulary's entry for a name as written: attr_auc_kl/Smiling → attr_auc_kl/<attribute>, and
+    live_attr_auc_kl → live_<name> (a known name after the prefix)."""
+    if name.startswith(LIVE) and family(name.removeprefix(LIVE)) in METRICS:
+        return LIVE + "<name>"
     return name.split("/", 1)[0] + PER_ATTRIBUTE if "/" in name else name
 
 

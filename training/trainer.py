@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,14 +33,17 @@ from jmvae.model.jmvae import TERM_NAMES
 from jmvae.model.preprocess import normalise
 
 from .augment import augment
+from .average import WeightAverage
 from .config import CONFIG_FILE, TrainConfig
 from .data import FaceDataset
 from .distributed import DistContext, any_rank, barrier
 from .evaluate import evaluate
+from .metrics import LIVE as LIVE_METRIC
 
 LAST = "last.safetensors"
 FINAL = "final.safetensors"
 METRICS = "metrics.jsonl"
+LIVE = "live."  # training-state prefix of the live weights when the checkpoint holds their average
 
 
 class TrainingInterrupted(Exception):
@@ -212,6 +216,7 @@ class Trainer:
         # activation (restored Adam moments take the same layout: _optimizer_from_checkpoint).
         self.model = create_model(config.model).to(device, memory_format=torch.channels_last)
         self.optimizer = adam(self.model.parameters(), config.lr, config.adam_betas)
+        self.average = WeightAverage(self.model, config.ema) if config.ema else None
         self.discriminator: Discriminator | None = None
         if config.gan is not None:
             # The adversarial pass reaches the decoder outside DDP's forward, which DDP cannot reduce correctly.
@@ -257,8 +262,15 @@ class Trainer:
             if self.discriminator is not None:  # training state only: serving needs no discriminator
                 d_tensors, state_json["discriminator"] = _optimizer_to_checkpoint(self.d_optimizer, "d_optimizer")
                 tensors |= d_tensors | {f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()}
-        save_checkpoint(path, Checkpoint(self._meta(), self.model.state_dict(), tensors, state_json))
+            if self.average is not None:  # the checkpoint's model is the average; training goes on from these
+                tensors |= {f"{LIVE}{k}": v for k, v in self.model.state_dict().items()}
+        save_checkpoint(path, Checkpoint(self._meta(), self.served.state_dict(), tensors, state_json))
         return path
+
+    @property
+    def served(self) -> torch.nn.Module:
+        """The weights that validation measures and checkpoints hold: the moving average, with one."""
+        return self.average.module if self.average is not None else self.model
 
     def restore(self) -> None:
         path = self.run_dir / LAST
@@ -268,7 +280,12 @@ class Trainer:
         saved_key = checkpoint.meta.data.get("content_key")
         if saved_key != self.dataset.content_key:
             raise CheckpointError(f"{path}: was trained on other data (content key {saved_key})")
-        self.model.load_state_dict(checkpoint.model_state)
+        live = {k.removeprefix(LIVE): v for k, v in checkpoint.state_tensors.items() if k.startswith(LIVE)}
+        if bool(live) != (self.average is not None):
+            raise CheckpointError(f"{path}: was trained {'with' if live else 'without'} ema; resume it the same way")
+        self.served.load_state_dict(checkpoint.model_state)
+        if live:
+            self.model.load_state_dict(live)
         _optimizer_from_checkpoint(self.optimizer, checkpoint.state_tensors, checkpoint.state_json)
         if self.discriminator is not None:
             self.discriminator.load_state_dict(
@@ -422,6 +439,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         values = {"terms": terms.as_tensor()}
         if adversarial is not None:
             values |= {"g_adv": adversarial.generator_loss.detach().float()}
@@ -442,16 +461,20 @@ class Trainer:
         if not self.ctx.is_main or not len(val):
             return
         started = time.perf_counter()
-        self.metrics = evaluate(
-            self.model,
-            val,
-            self.prevalence,
-            self.config.alpha,
-            k=self.config.val_k,
-            n_w=self.config.val_n_w,
-            max_examples=self.config.val_max_examples,
-            seed=self.config.seed,
+        config = self.config
+        measure = partial(
+            evaluate,
+            split=val,
+            train_prevalence=self.prevalence,
+            alpha=config.alpha,
+            k=config.val_k,
+            n_w=config.val_n_w,
+            max_examples=config.val_max_examples,
+            seed=config.seed,
         )
+        self.metrics = measure(self.served)
+        if self.average is not None:  # what the average adds, epoch by epoch
+            self.metrics |= {f"{LIVE_METRIC}{name}": value for name, value in measure(self.model).items()}
         self._log(
             {"kind": "val", "epoch": self.epoch, "step": self.step, "seconds": time.perf_counter() - started}
             | self.metrics
