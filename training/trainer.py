@@ -440,7 +440,7 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         if self.average is not None:
-            self.average.update(self.model)
+            self.average.update()
         values = {"terms": terms.as_tensor()}
         if adversarial is not None:
             values |= {"g_adv": adversarial.generator_loss.detach().float()}
