@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from .config import ModelConfig
 from .distributions import DiagGaussian
@@ -131,3 +134,37 @@ class AttributeDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """An inference copy of `module`, in eval mode, in which every batch norm that directly follows a linear or
+    convolutional layer in a Sequential is folded into that layer's weights: the same function (to float rounding)
+    with one pass over the activations fewer per layer. `module` itself is left as it is."""
+    folded = copy.deepcopy(module).eval()
+    _fold(folded)
+    return folded
+
+
+def _fold(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            setattr(module, name, _folded_sequence(child))
+        else:
+            _fold(child)
+
+
+def _folded_sequence(sequence: nn.Sequential) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for layer in sequence:
+        previous = layers[-1] if layers else None
+        if isinstance(layer, nn.BatchNorm1d) and isinstance(previous, nn.Linear):
+            layers[-1] = fuse_linear_bn_eval(previous, layer)
+        elif isinstance(layer, nn.BatchNorm2d) and isinstance(previous, nn.Conv2d | nn.ConvTranspose2d):
+            layers[-1] = fuse_conv_bn_eval(previous, layer, transpose=isinstance(previous, nn.ConvTranspose2d))
+        else:
+            if isinstance(layer, nn.Sequential):
+                layer = _folded_sequence(layer)
+            else:
+                _fold(layer)
+            layers.append(layer)
+    return nn.Sequential(*layers)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from jmvae.model.jmvae import JMVAE, InferenceMode
+from jmvae.model.networks import fold_batch_norms
 from jmvae.model.preprocess import denormalise, normalise
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -67,13 +68,24 @@ class Captured:
         return tuple(output[:n] for output in outputs)
 
 
+def _served(model: JMVAE, device: torch.device) -> JMVAE:
+    """The networks as served: batch norms folded into their layers, and on the CPU in channels-last layout, which
+    oneDNN's convolutions run without converting layouts (docs/benchmarks.md, "Serving", item 13). CUDA keeps
+    NCHW: not measured there."""
+    served = fold_batch_norms(model)
+    assert isinstance(served, JMVAE)
+    if device.type == "cuda":
+        return served
+    return served.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted, not in the stubs
+
+
 class DeviceForward:
     """The image path (faces → attribute probabilities) and the attribute path (attributes and noise → faces)."""
 
     def __init__(
         self, model: JMVAE, mode: InferenceMode, device: torch.device, precision: str, max_batch: int, max_faces: int
     ) -> None:
-        self.model, self.mode, self.device = model, mode, device
+        self.model, self.mode, self.device = _served(model, device), mode, device
         self.dtype = PRECISIONS[precision]
         self.cuda = device.type == "cuda"
         self.max_batch = max_batch

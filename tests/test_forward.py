@@ -38,7 +38,7 @@ def _jobs(engine: Engine) -> list[GenerateJob]:
     return [GenerateJob(engine.attribute_vector(s), n=3, zeta=1.0, seed=i) for i, s in enumerate(settings)]
 
 
-def test_the_cpu_path_computes_exactly_what_the_model_does(engines: dict[str, Engine], faces: list) -> None:
+def test_the_cpu_path_computes_what_the_model_does(engines: dict[str, Engine], faces: list) -> None:
     engine = engines["fp32"]
     model = engine.model
     with torch.inference_mode():
@@ -47,9 +47,11 @@ def test_the_cpu_path_computes_exactly_what_the_model_does(engines: dict[str, En
         q = model.infer(w=torch.from_numpy(np.stack([j.attributes for j in jobs])), mode=engine.mode)
         average = denormalise(model.decode_image(q.mean)).numpy()
     got = np.stack([e.probabilities for e in engine.encode_batch(faces)])
-    np.testing.assert_array_equal(got, expected.numpy())
+    # The served networks have their batch norms folded in: the same function up to float rounding.
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
     generated = engine.generate_batch(jobs)
-    np.testing.assert_array_equal(np.stack([g.average for g in generated]), average)
+    served = np.stack([g.average for g in generated]).astype(np.int16)
+    assert np.abs(served - average).max() <= 1
     assert [g.faces.shape[0] for g in generated] == [3] * 4
     # The same seed gives the same faces alone as in a batch.
     np.testing.assert_array_equal(engine.generate_batch(jobs[1:2])[0].faces, generated[1].faces)

@@ -7,6 +7,7 @@ from torch.distributions import Bernoulli, Normal
 from jmvae.model.config import ModelConfig
 from jmvae.model.distributions import DiagGaussian, standard_normal_log_prob
 from jmvae.model.jmvae import JMVAE
+from jmvae.model.networks import fold_batch_norms
 
 
 def test_default_config_is_the_papers_celeba_network() -> None:
@@ -47,6 +48,33 @@ def test_shapes_and_inference_modes(tiny_model: JMVAE, batch) -> None:
         tiny_model.infer()
     with pytest.raises(ValueError, match="mode"):
         tiny_model.infer(x=x, mode="bogus")  # type: ignore[arg-type]
+
+
+def test_folding_batch_norms_keeps_every_network_s_function(tiny_model: JMVAE, batch) -> None:
+    x, w = batch
+    torch.manual_seed(0)
+    with torch.no_grad():  # statistics and affine terms far from the identity, so that a wrong fold shows
+        for norm in (m for m in tiny_model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.normal_()
+            norm.bias.normal_()
+    tiny_model.eval()
+    folded = fold_batch_norms(tiny_model)
+    assert isinstance(folded, JMVAE) and not folded.training
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in tiny_model.modules())  # the original is untouched
+    with torch.no_grad():
+        z = tiny_model.q_joint(x, w).mean
+        pairs = [
+            (tiny_model.q_joint(x, w).mean, folded.q_joint(x, w).mean),
+            (tiny_model.q_image(x).logvar, folded.q_image(x).logvar),
+            (tiny_model.q_attributes(w).mean, folded.q_attributes(w).mean),
+            (tiny_model.decode_image(z), folded.decode_image(z)),
+            (tiny_model.decode_attributes(z), folded.decode_attributes(z)),
+        ]
+    for expected, got in pairs:
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_closed_form_kl_matches_monte_carlo() -> None:
