@@ -111,6 +111,7 @@ def _trees(*folders: str) -> dict[Path, ast.Module]:
         path: ast.parse(path.read_text(), str(path))
         for folder in folders
         for path in sorted((ROOT / folder).rglob("*.py"))
+        if not any(part.startswith(".") for part in path.relative_to(ROOT).parts)  # bench/.venv-<peer>/, ...
     }
 
 
