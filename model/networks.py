@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -10,6 +11,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from .config import ModelConfig
 from .distributions import DiagGaussian
+
+M = TypeVar("M", bound=nn.Module)
 
 # Keeps exp(logvar) finite in bf16/fp32 early in training, when heads can output large values.
 LOGVAR_RANGE = (-12.0, 8.0)
@@ -136,35 +139,25 @@ class AttributeDecoder(nn.Module):
         return self.net(z)
 
 
-def fold_batch_norms(module: nn.Module) -> nn.Module:
+def fold_batch_norms(module: M) -> M:
     """An inference copy of `module`, in eval mode, in which every batch norm that directly follows a linear or
     convolutional layer in a Sequential is folded into that layer's weights: the same function (to float rounding)
     with one pass over the activations fewer per layer. `module` itself is left as it is."""
-    folded = copy.deepcopy(module).eval()
-    _fold(folded)
-    return folded
+    return _folded(copy.deepcopy(module).eval())
 
 
-def _fold(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, nn.Sequential):
-            setattr(module, name, _folded_sequence(child))
-        else:
-            _fold(child)
-
-
-def _folded_sequence(sequence: nn.Sequential) -> nn.Sequential:
+def _folded(module: M) -> M:
+    if not isinstance(module, nn.Sequential):
+        for name, child in module.named_children():
+            setattr(module, name, _folded(child))
+        return module
     layers: list[nn.Module] = []
-    for layer in sequence:
+    for layer in map(_folded, module):
         previous = layers[-1] if layers else None
         if isinstance(layer, nn.BatchNorm1d) and isinstance(previous, nn.Linear):
             layers[-1] = fuse_linear_bn_eval(previous, layer)
         elif isinstance(layer, nn.BatchNorm2d) and isinstance(previous, nn.Conv2d | nn.ConvTranspose2d):
             layers[-1] = fuse_conv_bn_eval(previous, layer, transpose=isinstance(previous, nn.ConvTranspose2d))
         else:
-            if isinstance(layer, nn.Sequential):
-                layer = _folded_sequence(layer)
-            else:
-                _fold(layer)
             layers.append(layer)
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers)  # type: ignore[return-value]  # M is Sequential here

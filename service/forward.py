@@ -73,7 +73,6 @@ def _served(model: JMVAE, device: torch.device) -> JMVAE:
     oneDNN's convolutions run without converting layouts (docs/benchmarks.md, "Serving", item 13). CUDA keeps
     NCHW: not measured there."""
     served = fold_batch_norms(model)
-    assert isinstance(served, JMVAE)
     if device.type == "cuda":
         return served
     return served.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted, not in the stubs
